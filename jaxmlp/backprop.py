@@ -1,0 +1,98 @@
+"""The backward pass derived by hand, layer by layer, beside ``jax.grad``.
+
+With a_0 = x, z_l = a_{l-1} @ W_l + b_l, a_l = phi(z_l) for the hidden layers and logits
+z_L, the mean loss over a batch of B examples has the gradients
+
+    delta_L = softmax(z_L) - Y          (softmax cross-entropy)
+    delta_L = sigmoid(z_L) - Y          (logistic cost of sigmoid output units)
+    delta_l = (delta_{l+1} @ W_{l+1}.T) * phi'(z_l)
+    dW_l    = a_{l-1}.T @ delta_l / B + l2 * W_l
+    db_l    = sum over the batch of delta_l / B
+
+Dropout multiplies a_l by its mask m_l on the way forward, so the same mask multiplies
+delta_{l+1} @ W_{l+1}.T on the way back. With per-example weights w (a padded tail batch),
+Y - P rows are scaled by w and B becomes sum(w).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from jaxmlp.losses import DATA_LOSSES, _targets, check_loss_arguments, l2_penalty
+from jaxmlp.model import ACTIVATIONS, Params, _layer_masks
+
+
+def backprop(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    activation: str = "relu",
+    l2: float = 0.0,
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+    weights: Float[Array, " batch"] | None = None,
+) -> tuple[Float[Array, ""], Params]:
+    """``(loss, grads)`` by the hand-derived backward pass; the same values and pytree as
+    ``jax.value_and_grad(jaxmlp.loss)`` with the same arguments (and the same dropout key).
+
+    Jit it with the options static, e.g.
+    ``jax.jit(backprop, static_argnames=("activation", "output", "l2", "dropout_rate"))``.
+    """
+    check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate)
+    loss, grads, _ = _backprop(params, x, labels, activation, l2, output, dropout_rate,
+                               input_dropout_rate, key, weights)
+    return loss, grads
+
+
+def _backprop(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
+              weights=None):
+    """:func:`backprop` without the boundary checks; also returns the logits."""
+    phi = ACTIVATIONS[activation]
+    masks = _layer_masks(params, x.shape[0], x.dtype, key, dropout_rate, input_dropout_rate)
+
+    # Forward, keeping each layer's (masked) input and pre-activation.
+    layer_inputs, pre_activations = [], []
+    a = x
+    for index, layer in enumerate(params):
+        if masks[index] is not None:
+            a = a * masks[index]
+        layer_inputs.append(a)
+        z = a @ layer["w"] + layer["b"]
+        pre_activations.append(z)
+        if index < len(params) - 1:
+            a = phi.function(z)
+    logits = pre_activations[-1]
+
+    targets = _targets(labels, logits.shape[-1], logits.dtype)
+    data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
+    loss = data_loss + l2 * l2_penalty(params) if l2 else data_loss
+
+    if output == "softmax":
+        delta = jax.nn.softmax(logits, axis=-1) - targets
+    else:
+        delta = jax.nn.sigmoid(logits) - targets
+    if weights is None:
+        batch = jnp.asarray(x.shape[0], logits.dtype)
+    else:
+        weights = weights.astype(logits.dtype)
+        delta = delta * weights[:, None]
+        batch = jnp.maximum(jnp.sum(weights), 1)
+
+    grads: Params = [None] * len(params)  # type: ignore[list-item]
+    for index in reversed(range(len(params))):
+        w = params[index]["w"]
+        dw = layer_inputs[index].T @ delta / batch
+        if l2:
+            dw = dw + l2 * w
+        grads[index] = {"w": dw, "b": jnp.sum(delta, axis=0) / batch}
+        if index > 0:
+            delta = delta @ w.T
+            if masks[index] is not None:
+                delta = delta * masks[index]
+            delta = delta * phi.derivative(pre_activations[index - 1])
+    return loss, grads, logits

@@ -1,0 +1,135 @@
+"""Softmax, cross-entropy, the logistic cost and the L2 penalty, written once and stable.
+
+Batch losses are means over the batch. Optional per-example ``weights`` (0 or 1 for a padded
+last batch) turn the mean into sum(weights * loss) / sum(weights), so a short tail batch is
+scored exactly without a second compile.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from jaxmlp import _validation
+from jaxmlp.model import ACTIVATIONS, Params, _forward
+
+OUTPUTS = ("softmax", "sigmoid")
+"""Output layers: softmax with cross-entropy, or sigmoid units with the logistic cost."""
+
+
+def log_softmax(logits: Float[Array, "... classes"]) -> Float[Array, "... classes"]:
+    """log softmax(z)_k = z_k - logsumexp(z), stable for any finite logits."""
+    return logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def softmax(logits: Float[Array, "... classes"]) -> Float[Array, "... classes"]:
+    """exp(log_softmax(z)); rows sum to one."""
+    return jnp.exp(log_softmax(logits))
+
+
+def _targets(labels: Array, n_classes: int, dtype) -> Array:
+    """One-hot rows for integer class ids; probability rows pass through."""
+    if labels.ndim == 1:
+        return jax.nn.one_hot(labels, n_classes, dtype=dtype)
+    return labels.astype(dtype)
+
+
+def _mean(per_example: Array, weights: Array | None) -> Array:
+    if weights is None:
+        return jnp.mean(per_example)
+    weights = weights.astype(per_example.dtype)
+    return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1)
+
+
+def cross_entropy(
+    logits: Float[Array, "batch classes"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    weights: Float[Array, " batch"] | None = None,
+) -> Float[Array, ""]:
+    """Mean over the batch of -sum_k y_k log softmax(z)_k (= -log p[label] for class ids).
+
+    ``labels`` are int class ids of shape (batch,), or one-hot / probability rows of shape
+    (batch, classes).
+    """
+    targets = _targets(labels, logits.shape[-1], logits.dtype)
+    return _mean(-jnp.sum(targets * log_softmax(logits), axis=-1), weights)
+
+
+def sigmoid_cross_entropy(
+    logits: Float[Array, "batch classes"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    weights: Float[Array, " batch"] | None = None,
+) -> Float[Array, ""]:
+    """The logistic cost of sigmoid output units over one-hot targets (Raschka's NeuralNetMLP).
+
+    Per example: sum_k -y_k log s(z_k) - (1 - y_k) log(1 - s(z_k)), with s the sigmoid; the
+    batch mean of that. Written with log-sigmoids so it stays finite for large |z|.
+    """
+    targets = _targets(labels, logits.shape[-1], logits.dtype)
+    per_unit = -targets * jax.nn.log_sigmoid(logits) - (1 - targets) * jax.nn.log_sigmoid(-logits)
+    return _mean(jnp.sum(per_unit, axis=-1), weights)
+
+
+def l2_penalty(params: Params) -> Float[Array, ""]:
+    """0.5 * sum of squared weights over all layers; biases are not regularised."""
+    return 0.5 * sum(jnp.sum(layer["w"] ** 2) for layer in params)
+
+
+DATA_LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
+
+
+def loss(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    activation: str = "relu",
+    l2: float = 0.0,
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+    weights: Float[Array, " batch"] | None = None,
+) -> Float[Array, ""]:
+    """Mean data loss over the batch + ``l2 * l2_penalty(params)``.
+
+    ``output="softmax"`` scores the logits with :func:`cross_entropy`, ``output="sigmoid"`` with
+    :func:`sigmoid_cross_entropy`. Dropout is applied when ``key`` is given (see
+    :func:`jaxmlp.forward`). Differentiate it with ``jax.grad``.
+    """
+    check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate)
+    return _loss(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
+                 weights)
+
+
+def check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate,
+                         input_dropout_rate) -> None:
+    """The boundary checks shared by :func:`loss` and :func:`jaxmlp.backprop`."""
+    _validation.check_params(params)
+    _validation.check_inputs(params, x)
+    _validation.check_labels(labels, x.shape[0], params[-1]["w"].shape[1])
+    _validation.check_choice("activation", activation, ACTIVATIONS)
+    _validation.check_choice("output", output, OUTPUTS)
+    _validation.check_non_negative("l2", l2)
+    _validation.check_rate("dropout_rate", dropout_rate)
+    _validation.check_rate("input_dropout_rate", input_dropout_rate)
+
+
+def _loss(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
+          weights=None):
+    """:func:`loss` without the boundary checks, for use inside compiled code."""
+    return _loss_and_logits(params, x, labels, activation, l2, output, dropout_rate,
+                            input_dropout_rate, key, weights)[0]
+
+
+def _loss_and_logits(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate,
+                     key, weights=None):
+    """The loss and, as an auxiliary output, the logits it scored."""
+    logits = _forward(params, x, activation, dropout_rate, input_dropout_rate, key)
+    data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
+    if l2:
+        data_loss = data_loss + l2 * l2_penalty(params)
+    return data_loss, logits

@@ -1,0 +1,177 @@
+"""The MLP itself: parameter initialisation and the forward pass, as pure functions.
+
+Parameters are a list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer, so
+``x @ w + b`` maps a (batch, n_in) block of rows to (batch, n_out). Nothing is hidden in a class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from jaxmlp import _validation
+
+Params = list[dict[str, Array]]
+
+
+class Activation(NamedTuple):
+    """A hidden-layer nonlinearity phi and its derivative phi'(z), written out for backprop."""
+
+    function: Callable[[Array], Array]
+    derivative: Callable[[Array], Array]
+
+
+def _sigmoid_derivative(z: Array) -> Array:
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(jax.nn.relu, lambda z: (z > 0).astype(z.dtype)),
+    "sigmoid": Activation(jax.nn.sigmoid, _sigmoid_derivative),
+    "tanh": Activation(jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2),
+    "identity": Activation(lambda z: z, jnp.ones_like),
+}
+"""Hidden activations by name. ``identity`` makes a linear MLP (the PyTorch book's model)."""
+
+INITS = ("he", "glorot", "normal")
+
+
+def init_mlp(
+    key: PRNGKeyArray,
+    layer_sizes: Sequence[int],
+    *,
+    init: str = "he",
+    scale: float = 0.01,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """Initialise the parameters of an MLP with the given layer sizes.
+
+    Args:
+      key: a ``jax.random`` key; the same key gives the same parameters.
+      layer_sizes: ``(n_inputs, hidden..., n_outputs)``, e.g. ``(784, 256, 10)``.
+      init: ``"he"``: w ~ N(0, 2 / n_in), b = 0 (for ReLU);
+        ``"glorot"``: w ~ U(-a, a) with a = sqrt(6 / (n_in + n_out)), b = 0 (for sigmoid / tanh);
+        ``"normal"``: w ~ N(0, scale**2) and b ~ N(0, scale**2) (the MXNet text draws every
+        weight and bias this way; set biases to zero afterwards for the other texts).
+      scale: standard deviation for ``init="normal"``.
+      dtype: parameter dtype (``jnp.float64`` needs ``jax_enable_x64``).
+
+    Returns:
+      A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
+    """
+    sizes = _validation.check_layer_sizes(layer_sizes)
+    _validation.check_choice("init", init, INITS)
+    if init == "normal":
+        _validation.check_positive("scale", scale)
+    params = []
+    for layer_key, (n_in, n_out) in zip(
+        jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:], strict=True), strict=True
+    ):
+        w_key, b_key = jax.random.split(layer_key)
+        if init == "he":
+            w = jax.random.normal(w_key, (n_in, n_out), dtype) * jnp.sqrt(2.0 / n_in).astype(dtype)
+            b = jnp.zeros((n_out,), dtype)
+        elif init == "glorot":
+            limit = (6.0 / (n_in + n_out)) ** 0.5
+            w = jax.random.uniform(w_key, (n_in, n_out), dtype, -limit, limit)
+            b = jnp.zeros((n_out,), dtype)
+        else:
+            w = scale * jax.random.normal(w_key, (n_in, n_out), dtype)
+            b = scale * jax.random.normal(b_key, (n_out,), dtype)
+        params.append({"w": w, "b": b})
+    return params
+
+
+def layer_sizes_of(params: Params) -> tuple[int, ...]:
+    """The ``layer_sizes`` a parameter list was built with."""
+    return (params[0]["w"].shape[0], *(layer["w"].shape[1] for layer in params))
+
+
+def parameter_count(params_or_sizes: Params | Sequence[int]) -> int:
+    """Number of scalars in the model: sum over layers of n_in * n_out + n_out."""
+    if params_or_sizes and isinstance(params_or_sizes[0], dict):
+        sizes = layer_sizes_of(params_or_sizes)  # type: ignore[arg-type]
+    else:
+        sizes = _validation.check_layer_sizes(params_or_sizes)  # type: ignore[arg-type]
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def dropout_masks(
+    key: PRNGKeyArray | None,
+    shapes: Sequence[tuple[int, ...]],
+    rates: Sequence[float],
+    dtype: Any,
+) -> list[Array | None]:
+    """Inverted-dropout masks, one per shape: kept units are 1 / (1 - rate), dropped ones 0.
+
+    ``None`` where the rate is 0 or no key is given (evaluation mode). The forward pass and the
+    hand-derived backprop both draw their masks here, so the same key gives the same masks.
+    """
+    if key is None:
+        return [None] * len(shapes)
+    keys = jax.random.split(key, len(shapes))
+    masks: list[Array | None] = []
+    for mask_key, shape, rate in zip(keys, shapes, rates, strict=True):
+        if rate == 0.0:
+            masks.append(None)
+            continue
+        keep = jax.random.bernoulli(mask_key, 1.0 - rate, shape)
+        masks.append(keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype))
+    return masks
+
+
+def _layer_masks(params: Params, batch: int, dtype: Any, key, dropout_rate, input_dropout_rate):
+    """Mask for the input, then one per hidden layer's output (the output layer is never masked)."""
+    shapes = [(batch, params[0]["w"].shape[0])] + [(batch, p["w"].shape[1]) for p in params[:-1]]
+    rates = [input_dropout_rate] + [dropout_rate] * (len(params) - 1)
+    return dropout_masks(key, shapes, rates, dtype)
+
+
+def forward(
+    params: Params,
+    x: Float[Array, "batch features"],
+    *,
+    activation: str = "relu",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+) -> Float[Array, "batch classes"]:
+    """Logits of the MLP: hidden layers ``a = phi(a @ w + b)``, then a linear output layer.
+
+    Args:
+      params: as returned by :func:`init_mlp`.
+      x: inputs, shape (batch, n_in), floating point.
+      activation: hidden nonlinearity, one of :data:`ACTIVATIONS`.
+      dropout_rate: fraction of each hidden layer's units dropped (inverted dropout: the kept
+        ones are scaled by 1 / (1 - rate)). Applied only when ``key`` is given.
+      input_dropout_rate: the same for the input pixels (Srivastava et al. use 0.2).
+      key: PRNG key for the dropout masks; ``None`` means evaluation mode (no dropout).
+
+    Returns:
+      Logits of shape (batch, n_out); apply :func:`jaxmlp.softmax` for probabilities.
+    """
+    _validation.check_params(params)
+    _validation.check_inputs(params, x)
+    _validation.check_choice("activation", activation, ACTIVATIONS)
+    _validation.check_rate("dropout_rate", dropout_rate)
+    _validation.check_rate("input_dropout_rate", input_dropout_rate)
+    return _forward(params, x, activation, dropout_rate, input_dropout_rate, key)
+
+
+def _forward(params, x, activation, dropout_rate, input_dropout_rate, key):
+    """:func:`forward` without the boundary checks, for use inside compiled code."""
+    phi = ACTIVATIONS[activation].function
+    masks = _layer_masks(params, x.shape[0], x.dtype, key, dropout_rate, input_dropout_rate)
+    a = x
+    for layer, mask in zip(params[:-1], masks[:-1], strict=True):
+        if mask is not None:
+            a = a * mask
+        a = phi(a @ layer["w"] + layer["b"])
+    if masks[-1] is not None:
+        a = a * masks[-1]
+    return a @ params[-1]["w"] + params[-1]["b"]
