@@ -483,23 +483,22 @@ def _gunzip(raw: bytes, path: Path) -> bytes:
         raise FormatError(str(e)) from None
 
 
-def _find_verified(
-    dataset: str, key: str, roots: Sequence[Path], *, want_content: bool
-) -> tuple[Path, bytes | None] | None:
-    """First file for ``key`` in ``roots`` that verifies; raises if one is found but bad.
+def _locate(dataset: str, key: str, roots: Sequence[Path]) -> Path | None:
+    """First candidate file for ``key`` in ``roots``; not read.
 
-    A bad file is an error rather than a reason to look further: silently skipping a damaged
-    file would hide it from the user.
+    The first file found is the one used: a damaged file is reported, never silently skipped
+    in favour of one further down the search order.
     """
     spec = DATASETS[dataset].files[key]
-    for root in roots:
-        for path in _candidates(root, dataset, spec):
-            try:
-                raw = path.read_bytes()
-            except OSError as e:
-                raise DataError(f"{path}: cannot read ({e})") from e
-            return path, _verify_bytes(raw, path, spec, want_content=want_content)
-    return None
+    return next((p for r in roots for p in _candidates(r, dataset, spec)), None)
+
+
+def _verify_file(path: Path, spec: FileSpec, *, want_content: bool) -> bytes | None:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    return _verify_bytes(raw, path, spec, want_content=want_content)
 
 
 def status(
@@ -622,6 +621,8 @@ def _atomic_write(path: Path, write) -> None:
             "or pass a writable directory)"
         ) from e
     try:
+        # mkstemp creates 0600; cached data is not secret and may be shared.
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -645,29 +646,34 @@ def _write_decoded(path: Path, arr: np.ndarray) -> None:
 def _load_idx_arrays(
     name: str, roots: Sequence[Path], use_cache: bool
 ) -> tuple[dict[str, np.ndarray], Path] | None:
-    """The four verified uint8 arrays, or None when some file is in no root."""
-    arrays: dict[str, np.ndarray] = {}
-    folder: Path | None = None
+    """The four verified uint8 arrays, or None when some file is in no root.
+
+    Raises:
+        ChecksumError, FormatError: a file is found but is not the official one (also when
+            other files are missing: a damaged file is the more useful news).
+    """
     ds = DATASETS[name]
-    for key in _FILE_KEYS:
+    paths = {key: _locate(name, key, roots) for key in _FILE_KEYS}
+    if any(p is None for p in paths.values()):
+        for key, p in paths.items():
+            if p is not None:
+                _verify_file(p, ds.files[key], want_content=False)
+        return None
+    arrays: dict[str, np.ndarray] = {}
+    for key, path in paths.items():
+        assert path is not None
         spec = ds.files[key]
         decoded = _decoded_path(name, spec)
         cached = _read_decoded(decoded, spec) if use_cache and decoded.is_file() else None
-        found = _find_verified(name, key, roots, want_content=cached is None)
-        if found is None:
-            return None
-        path, content = found
-        folder = folder or path.parent
+        content = _verify_file(path, spec, want_content=cached is None)
         if cached is not None:
             arrays[key] = cached
             continue
         assert content is not None
-        arr = _parse_checked(content, path, spec.magic, spec.shape)
-        arrays[key] = arr
+        arrays[key] = _parse_checked(content, path, spec.magic, spec.shape)
         if use_cache:
-            _write_decoded(decoded, arr)
-    assert folder is not None
-    return arrays, folder
+            _write_decoded(decoded, arrays[key])
+    return arrays, paths["train_images"].parent  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------------------------
