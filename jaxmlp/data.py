@@ -795,12 +795,13 @@ def _tfds_arrays(name: str, data_dir: str | os.PathLike[str] | None) -> dict[str
         n = len(src)
         images = np.empty((n, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
         labels = np.empty((n,), np.uint8)
-        step = 4096
-        for start in range(0, n, step):
-            batch = src.__getitems__(list(range(start, min(n, start + step))))
-            for i, ex in enumerate(batch, start):
-                images[i] = np.asarray(ex["image"]).reshape(IMAGE_SIDE, IMAGE_SIDE)
-                labels[i] = ex["label"]
+        count = 0
+        for i, ex in enumerate(src):
+            images[i] = np.asarray(ex["image"]).reshape(IMAGE_SIDE, IMAGE_SIDE)
+            labels[i] = ex["label"]
+            count += 1
+        if count != n:
+            raise DataError(f"tfds {tfds_name} {split}: read {count} examples, expected {n}")
         arrays[f"{split}_images"] = images
         arrays[f"{split}_labels"] = labels
     return arrays
