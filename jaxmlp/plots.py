@@ -1,0 +1,121 @@
+"""PNG figures of a training run, drawn with matplotlib's non-interactive Agg backend.
+
+Each function writes one file atomically (a temporary file renamed into place), so a figure is
+never left half-written, and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        _pyplot().close(fig)
+    return path
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Loss and accuracy per epoch, training and (when recorded) validation, side by side.
+
+    ``history``: one record per epoch with ``epoch``, ``loss``, ``train_accuracy`` and
+    optionally ``validation_loss`` / ``validation_accuracy`` (accuracies as fractions).
+    """
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["loss"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    if history and "validation_loss" in history[0]:
+        ax_loss.plot(epochs, [r["validation_loss"] for r in history], "s-", label="validation")
+        ax_acc.plot(epochs, [100 * r["validation_accuracy"] for r in history], "s-",
+                    label="validation")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy (mean per example)")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_misclassified(
+    images: np.ndarray,
+    true: np.ndarray,
+    pred: np.ndarray,
+    path: str | os.PathLike[str],
+    class_names: Sequence[str],
+    *,
+    limit: int = 25,
+) -> Path:
+    """The first ``limit`` misclassified images in a 5-column grid, titled "true/predicted".
+
+    ``images``: (n, 784) or (n, 28, 28) in any scale (each is shown with its own range);
+    ``true``, ``pred``: (n,) class ids. Images with ``true == pred`` are skipped.
+    """
+    plt = _pyplot()
+    wrong = np.flatnonzero(np.asarray(true) != np.asarray(pred))[:limit]
+    columns = 5
+    rows = max(1, -(-len(wrong) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.75), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index in zip(axes.ravel(), wrong, strict=False):
+        side = int(round(np.sqrt(np.asarray(images[index]).size)))
+        ax.imshow(np.asarray(images[index]).reshape(side, side), cmap="Greys",
+                  interpolation="nearest")
+        ax.set_title(f"{index}: {class_names[int(true[index])]}/{class_names[int(pred[index])]}",
+                     fontsize=8)
+    if len(wrong) == 0:
+        axes[0, 0].set_title("no misclassified images")
+    fig.suptitle("First misclassified test images (index: true/predicted)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str],
+                   path: str | os.PathLike[str]) -> Path:
+    """Confusion matrix (rows: true class, columns: predicted class) with counts in the cells."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.58 * n))
+    # Log-like colour scale: the diagonal dwarfs the errors, which are what one looks for.
+    shown = np.log1p(matrix)
+    ax.imshow(shown, cmap="Blues")
+    threshold = shown.max() / 2 if shown.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] > threshold else "black")
+    labels = [str(c) for c in class_names]
+    short = max(len(label) for label in labels) > 3
+    ax.set_xticks(range(n), labels, rotation=45 if short else 0, ha="right" if short else "center",
+                  fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"Confusion matrix ({int(np.trace(matrix))}/{int(matrix.sum())} correct)")
+    fig.tight_layout()
+    return _save(fig, path)
