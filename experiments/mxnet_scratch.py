@@ -33,7 +33,7 @@ def main():
     x, y = ds.train.images, ds.train.labels
     if args.quick:
         x, y = x[:2000], y[:2000]
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else [0, 1]
     epochs = 2 if args.quick else EPOCHS
     runs = []
     for seed in seeds:
@@ -41,7 +41,7 @@ def main():
             state, history = jaxmlp.fit(
                 jax.random.key(seed), SIZES, x, y, optimizer=jaxmlp.optimizer("sgd", LR),
                 epochs=epochs, batch_size=BATCH, init="normal", scale=SCALE, activation="relu",
-                validation_data=(ds.test.images, ds.test.labels), evaluate_train=True)
+                validation_data=(ds.test.images, ds.test.labels))
         test = jaxmlp.evaluate(state.params, ds.test.images, ds.test.labels)
         runs.append({"seed": seed, "history": history, "test": test, "seconds": t["seconds"]})
         for h in history:

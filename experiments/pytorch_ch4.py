@@ -54,7 +54,7 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
     r = dataclasses.replace
     tables = {
         "text": {
-            "base": b, "base seed 1": r(b, seed=1), "base seed 2": r(b, seed=2),
+            "base": b, "base seed 1": r(b, seed=1),
             "extra_layer": r(b, hidden=(256, 256)), "width_512": r(b, hidden=(512,)),
             "relu_instead_of_dropout": r(b, activation="relu", dropout=0.0),
             "dropout_0.5": r(b, dropout=0.5), "epochs_10": r(b, epochs=10),
@@ -63,30 +63,27 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
         },
         "choice": {f"{o} lr {lr} batch {batch}": r(b, optimizer=o, lr=lr, batch=batch)
                    for o, lr in (("sgd", 0.01), ("sgd", 0.1), ("adam", 0.001))
-                   for batch in (32, 64, 256)},
-        "depth": {f"{n} hidden, {act}": r(b, hidden=(256,) * n, activation=act,
-                                          dropout=0.2)
-                  for act in ("identity", "relu") for n in (1, 2, 3)},
-        "width": {f"width {w}": r(b, hidden=(w,)) for w in (32, 64, 128, 256, 512, 1024)},
+                   for batch in (64, 256)},
         "activation": {
             "identity + dropout 0.2 (text)": b,
             "identity, no dropout": r(b, dropout=0.0),
             "relu, no dropout (text's variant)": r(b, activation="relu", dropout=0.0),
             "relu + dropout 0.2 (ReLU added)": r(b, activation="relu"),
-            "sigmoid + dropout 0.2": r(b, activation="sigmoid"),
-            "tanh + dropout 0.2": r(b, activation="tanh"),
         },
+        "depth": {f"{n} hidden, {act}": r(b, hidden=(256,) * n, activation=act)
+                  for act in ("identity", "relu") for n in (1, 2)},
+        "width": {f"width {w}": r(b, hidden=(w,)) for w in (64, 256, 512, 1024)},
+        "dropout": {f"dropout {p}": r(b, dropout=p) for p in (0.0, 0.2, 0.5, 0.8)},
         "optimizer": {f"{o} lr {lr}": r(b, optimizer=o, lr=lr) for o, lr in (
-            ("sgd", 0.01), ("momentum", 0.01), ("nesterov", 0.01), ("adagrad", 0.01),
-            ("rmsprop", 0.001), ("adam", 0.001))},
+            ("sgd", 0.01), ("sgd", 0.1), ("momentum", 0.01), ("adam", 0.001))},
         "loss": {"softmax cross-entropy": b,
                  "sigmoid units, logistic cost": r(b, output="sigmoid")},
-        "dropout": {f"dropout {p}": r(b, dropout=p) for p in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8)},
-        "epochs": {"identity + dropout 0.2, 30 epochs": r(b, epochs=30),
-                   "relu + dropout 0.2, 30 epochs": r(b, activation="relu", epochs=30)},
-        "datasets": {f"{d}, {act}": r(b, dataset=d, activation=act, dropout=drop)
+        "epochs": {"identity + dropout 0.2, 10 epochs": r(b, epochs=10),
+                   "relu + dropout 0.2, adam, 20 epochs": r(b, activation="relu", epochs=20,
+                                                             optimizer="adam", lr=0.001)},
+        "datasets": {f"{d}, {act}, dropout {drop}": r(b, dataset=d, activation=act, dropout=drop)
                      for d in ("mnist", "fashion_mnist")
-                     for act, drop in (("identity", 0.2), ("relu", 0.0), ("relu", 0.2))},
+                     for act, drop in (("identity", 0.2), ("relu", 0.2))},
     }
     if quick:
         tables = {"text": {"base": r(b, epochs=1)}}
@@ -107,7 +104,9 @@ def run(config: Config, data: dict) -> dict:
             validation_data=(ds.test.images, ds.test.labels))
     options = state.options
     test = jaxmlp.evaluate(state.params, ds.test.images, ds.test.labels, options=options)
-    train = jaxmlp.evaluate(state.params, ds.train.images, ds.train.labels, options=options)
+    # Scoring all 60000 training images costs as much as an epoch: only for the long runs.
+    train = (jaxmlp.evaluate(state.params, ds.train.images, ds.train.labels, options=options)
+             if config.epochs > 10 else {"accuracy": None, "loss": None})
     predicted = jaxmlp.predict(state.params, ds.test.images, activation=config.activation)
     per_class = [float(np.mean(predicted[ds.test.labels == c] == c)) for c in range(10)]
     return {"config": dataclasses.asdict(config), "test_loss": test["loss"],
@@ -115,7 +114,9 @@ def run(config: Config, data: dict) -> dict:
             "train_accuracy": train["accuracy"], "train_loss": train["loss"],
             "worst_class": int(np.argmin(per_class)), "worst_class_accuracy": min(per_class),
             "test_accuracy_per_epoch": [h["validation_accuracy"] for h in history],
-            "train_loss_per_epoch": [h["loss"] for h in history], "seconds": t["seconds"]}
+            "train_loss_per_epoch": [h["loss"] for h in history],
+            "running_train_accuracy_per_epoch": [h["train_accuracy"] for h in history],
+            "seconds": t["seconds"]}
 
 
 def plot(results: dict, path):
@@ -167,7 +168,8 @@ def main():
                     done[config] = key
                     r = results["runs"][key]
                     print(f"{key:55s} test {r['test_correct']:5d} loss {r['test_loss']:.4f} "
-                          f"train {r['train_accuracy']:.4f} ({r['seconds']:.0f} s)", flush=True)
+                          f"train loss {r['train_loss_per_epoch'][-1]:.4f} ({r['seconds']:.0f} s)",
+                          flush=True)
                 results["tables"][table][row] = key
             # Partial results survive an interrupted run.
             results["wall_seconds"] = total["seconds"] if "seconds" in total else None
