@@ -325,7 +325,8 @@ def _dataset_spec(name: str) -> DatasetSpec:
 # Result types
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: generated __eq__ would compare arrays elementwise and fail on truth testing.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Split:
     """Examples of one split, in a fixed order.
 
@@ -356,7 +357,7 @@ class Normalization:
     std: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A loaded dataset.
 
@@ -367,7 +368,8 @@ class Dataset:
         test: the official test set.
         class_names: label ``i`` is ``class_names[i]``.
         normalization: how ``images`` were scaled from raw pixels.
-        source: where the arrays came from, e.g. ``"idx:/home/u/.cache/jaxmlp/mnist"``.
+        source: where the arrays came from, e.g. ``"idx:/home/u/.cache/jaxmlp/mnist"``;
+            ``"tfds:..."`` means tfds's stored (shuffled) order rather than the official one.
     """
 
     name: str

@@ -19,6 +19,9 @@ from test_data import NAMES, PINNED, _real_root, _required, _sha
 
 from jaxmlp import data
 
+# Preparing takes about a minute; under pytest-xdist with --dist loadgroup it happens once.
+pytestmark = pytest.mark.xdist_group("tfds")
+
 
 def _multiset_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Row order sorting (image bytes, label): equal multisets sort to equal arrays."""
