@@ -17,7 +17,9 @@ def check_choice(argument: str, value: Any, valid: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``valid``; otherwise raise naming the valid choices."""
     valid = tuple(valid)
     if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"{argument}={value!r} is not supported; expected one of {', '.join(valid)}")
+        raise ValueError(
+            f"{argument}={value!r} is not supported; expected one of {', '.join(valid)}"
+        )
     return value
 
 
@@ -83,7 +85,9 @@ def check_params(params: Any) -> None:
     previous = None
     for index, layer in enumerate(params):
         if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
-            raise TypeError(f"params[{index}] must be a dict with keys 'w' and 'b', got {layer!r:.80}")
+            raise TypeError(
+                f"params[{index}] must be a dict with keys 'w' and 'b', got {layer!r:.80}"
+            )
         w_shape, b_shape = np.shape(layer["w"]), np.shape(layer["b"])
         if len(w_shape) != 2 or b_shape != (w_shape[1],):
             raise ValueError(

@@ -43,14 +43,18 @@ def backprop(
     Jit it with the options static, e.g.
     ``jax.jit(backprop, static_argnames=("activation", "output", "l2", "dropout_rate"))``.
     """
-    check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate)
-    loss, grads, _ = _backprop(params, x, labels, activation, l2, output, dropout_rate,
-                               input_dropout_rate, key, weights)
+    check_loss_arguments(
+        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
+    )
+    loss, grads, _ = _backprop(
+        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
+    )
     return loss, grads
 
 
-def _backprop(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
-              weights=None):
+def _backprop(
+    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
+):
     """:func:`backprop` without the boundary checks; also returns the logits."""
     phi = ACTIVATIONS[activation]
     masks = _layer_masks(params, x.shape[0], x.dtype, key, dropout_rate, input_dropout_rate)
@@ -62,7 +66,7 @@ def _backprop(params, x, labels, activation, l2, output, dropout_rate, input_dro
         if masks[index] is not None:
             a = a * masks[index]
         layer_inputs.append(a)
-        z = a @ layer["w"] + layer["b"]
+        z = a @ layer["w"] + layer["b"][None, :]
         pre_activations.append(z)
         if index < len(params) - 1:
             a = phi.function(z)

@@ -100,13 +100,17 @@ def loss(
     :func:`sigmoid_cross_entropy`. Dropout is applied when ``key`` is given (see
     :func:`jaxmlp.forward`). Differentiate it with ``jax.grad``.
     """
-    check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate)
-    return _loss(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
-                 weights)
+    check_loss_arguments(
+        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
+    )
+    return _loss(
+        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
+    )
 
 
-def check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate,
-                         input_dropout_rate) -> None:
+def check_loss_arguments(
+    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
+) -> None:
     """The boundary checks shared by :func:`loss` and :func:`jaxmlp.backprop`."""
     _validation.check_params(params)
     _validation.check_inputs(params, x)
@@ -118,15 +122,18 @@ def check_loss_arguments(params, x, labels, activation, l2, output, dropout_rate
     _validation.check_rate("input_dropout_rate", input_dropout_rate)
 
 
-def _loss(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key,
-          weights=None):
+def _loss(
+    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
+):
     """:func:`loss` without the boundary checks, for use inside compiled code."""
-    return _loss_and_logits(params, x, labels, activation, l2, output, dropout_rate,
-                            input_dropout_rate, key, weights)[0]
+    return _loss_and_logits(
+        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
+    )[0]
 
 
-def _loss_and_logits(params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate,
-                     key, weights=None):
+def _loss_and_logits(
+    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
+):
     """The loss and, as an auxiliary output, the logits it scored."""
     logits = _forward(params, x, activation, dropout_rate, input_dropout_rate, key)
     data_loss = DATA_LOSSES[output](logits, labels, weights=weights)

@@ -171,7 +171,7 @@ def _forward(params, x, activation, dropout_rate, input_dropout_rate, key):
     for layer, mask in zip(params[:-1], masks[:-1], strict=True):
         if mask is not None:
             a = a * mask
-        a = phi(a @ layer["w"] + layer["b"])
+        a = phi(a @ layer["w"] + layer["b"][None, :])
     if masks[-1] is not None:
         a = a * masks[-1]
-    return a @ params[-1]["w"] + params[-1]["b"]
+    return a @ params[-1]["w"] + params[-1]["b"][None, :]

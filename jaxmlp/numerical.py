@@ -61,7 +61,9 @@ def grad_check(a: Any, b: Any) -> dict[str, dict[str, float]]:
     leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
     if tree_a.num_leaves != tree_b.num_leaves or jax.tree_util.tree_structure(a) != tree_b:
-        raise ValueError(f"gradients have different structures: {tree_b} vs {jax.tree.structure(a)}")
+        raise ValueError(
+            f"gradients have different structures: {tree_b} vs {jax.tree.structure(a)}"
+        )
     report = {}
     for (path, leaf_a), leaf_b in zip(leaves_a, leaves_b, strict=True):
         x, y = np.asarray(leaf_a, np.float64), np.asarray(leaf_b, np.float64)

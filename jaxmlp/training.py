@@ -64,8 +64,10 @@ class ModelOptions:
         _validation.check_rate("input_dropout_rate", self.input_dropout_rate)
         if self.max_norm is not None:
             _validation.check_positive("max_norm", self.max_norm)
-        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or (
-            self.augment_shift < 0
+        if (
+            isinstance(self.augment_shift, bool)
+            or not isinstance(self.augment_shift, int)
+            or (self.augment_shift < 0)
         ):
             raise ValueError(
                 f"augment_shift={self.augment_shift!r} is invalid; expected an integer >= 0"
@@ -136,8 +138,17 @@ def create_train_state(
 
 def _loss_and_grads(params, x, labels, weights, options: ModelOptions, dropout_key):
     """(loss, grads, logits) with the gradient method the options ask for."""
-    arguments = (x, labels, options.activation, options.l2, options.output, options.dropout_rate,
-                 options.input_dropout_rate, dropout_key, weights)
+    arguments = (
+        x,
+        labels,
+        options.activation,
+        options.l2,
+        options.output,
+        options.dropout_rate,
+        options.input_dropout_rate,
+        dropout_key,
+        weights,
+    )
     if options.gradient == "backprop":
         return _backprop(params, *arguments)
     (loss, logits), grads = jax.value_and_grad(_loss_and_logits, has_aux=True)(params, *arguments)
@@ -213,7 +224,21 @@ def _epoch_plan(n_examples: int, batch_size: int):
     return steps, padded
 
 
-def _train_epoch(state: TrainState, images, labels, batch_size: int, progress, progress_every):
+def _constrain_batch(mesh, *arrays):
+    """Shard each array's leading (batch) axis over the mesh's ``data`` axis; the compiler then
+    splits the step's work across devices and inserts the all-reduce of the gradients."""
+    if mesh is None:
+        return arrays
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return tuple(
+        None if array is None else jax.lax.with_sharding_constraint(array, sharding)
+        for array in arrays
+    )
+
+
+def _train_epoch(
+    state: TrainState, images, labels, batch_size: int, progress, progress_every, mesh=None
+):
     n_examples = images.shape[0]
     steps, padded = _epoch_plan(n_examples, batch_size)
     epoch_key, shuffle_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
@@ -230,8 +255,9 @@ def _train_epoch(state: TrainState, images, labels, batch_size: int, progress, p
         state, diverged_at = carry
         batch = order[index]
         weights = valid[index * batch_size + jnp.arange(batch_size)] if ragged else None
+        x, y, weights = _constrain_batch(mesh, images[batch], labels[batch], weights)
         new_state, loss, correct, finite = _step(
-            state, images[batch], labels[batch], weights, jax.random.fold_in(epoch_key, index)
+            state, x, y, weights, jax.random.fold_in(epoch_key, index)
         )
         ok = finite & (diverged_at < 0)
         state = jax.lax.cond(ok, lambda: new_state, lambda: state)
@@ -259,7 +285,9 @@ def _train_epoch(state: TrainState, images, labels, batch_size: int, progress, p
 
 
 _train_epoch_jit = jax.jit(
-    _train_epoch, static_argnames=("batch_size", "progress", "progress_every"), donate_argnums=0
+    _train_epoch,
+    static_argnames=("batch_size", "progress", "progress_every", "mesh"),
+    donate_argnums=0,
 )
 
 
@@ -271,6 +299,7 @@ def train_epoch(
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     progress_every: int = 50,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One epoch inside one compiled program: shuffle with the state's key, then ``lax.scan``
     over every minibatch. Every example is used exactly once (the last, shorter batch is padded
@@ -285,11 +314,16 @@ def train_epoch(
     ``progress(done_steps, total_steps)`` is called from inside the program every
     ``progress_every`` steps (for progress bars). The input state's buffers are donated: use the
     returned state.
+
+    With a ``mesh`` (see :func:`jaxmlp.sharding.data_parallel_mesh`), each batch is split along
+    the mesh's ``data`` axis across its devices (data parallelism); place the state and the data
+    on the mesh first with :func:`jaxmlp.sharding.replicate`.
     """
     images, labels = check_training_data(state.params, images, labels, "images", "labels")
     batch_size = _check_batch_size(batch_size, images.shape[0])
     _check_augmentation(state.options, images.shape[1])
-    return _train_epoch_jit(state, images, labels, batch_size, progress, progress_every)
+    _check_mesh(mesh, batch_size)
+    return _train_epoch_jit(state, images, labels, batch_size, progress, progress_every, mesh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,8 +424,9 @@ def check_training_data(params, images, labels, images_name="x", labels_name="y"
     _validation.check_labels(labels, shape[0], n_classes)
     if isinstance(images, np.ndarray) and not np.all(np.isfinite(images)):
         bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
-        raise ValueError(f"{images_name} contains {bad} NaN or infinite values; expected finite "
-                         "pixel values")
+        raise ValueError(
+            f"{images_name} contains {bad} NaN or infinite values; expected finite pixel values"
+        )
     if isinstance(images, jax.Array) and not bool(jnp.all(jnp.isfinite(images))):
         raise ValueError(f"{images_name} contains NaN or infinite values; expected finite values")
     images = jnp.asarray(images)
@@ -412,6 +447,19 @@ def _check_batch_size(batch_size, n_examples):
             f"expected 1 <= batch_size <= {n_examples}"
         )
     return batch_size
+
+
+def _check_mesh(mesh, batch_size):
+    if mesh is None:
+        return
+    if not isinstance(mesh, jax.sharding.Mesh) or "data" not in mesh.axis_names:
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'data' axis, got {mesh!r}")
+    devices = mesh.shape["data"]
+    if batch_size % devices:
+        raise ValueError(
+            f"batch_size={batch_size} does not divide evenly over the {devices} devices of the "
+            f"mesh; expected a multiple of {devices}"
+        )
 
 
 def _check_augmentation(options: ModelOptions, features: int):
@@ -449,6 +497,7 @@ def fit(
     evaluate_train: bool = False,
     state: TrainState | None = None,
     on_epoch_end: Callable[[TrainState, dict[str, Any]], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     **model_options: Any,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train an MLP and return ``(state, history)``.
@@ -467,6 +516,9 @@ def fit(
       state: continue from this state instead of a fresh one (``key`` is then unused).
       on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch (checkpoints,
         logging).
+      mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
+        the state and the data are replicated on its devices and each batch is split across
+        them; ``batch_size`` must be a multiple of the device count.
       **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
         ``output``, ...).
 
@@ -487,17 +539,23 @@ def fit(
     options = ModelOptions(**model_options)
     if state is None:
         sizes = _validation.check_layer_sizes(layer_sizes)
-        state = create_train_state(key, sizes, optimizer, init=init, scale=scale, dtype=dtype,
-                                   options=options)
+        state = create_train_state(
+            key, sizes, optimizer, init=init, scale=scale, dtype=dtype, options=options
+        )
     x_train, y_train = check_training_data(state.params, x_train, y_train, "x_train", "y_train")
     batch_size = _check_batch_size(batch_size, x_train.shape[0])
     _check_augmentation(state.options, x_train.shape[1])
+    _check_mesh(mesh, batch_size)
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
     if validation_data is not None:
-        x_valid, y_valid = check_training_data(state.params, *validation_data,
-                                               "validation images", "validation labels")
+        x_valid, y_valid = check_training_data(
+            state.params, *validation_data, "validation images", "validation labels"
+        )
 
     start = time.perf_counter()
-    compiled = _train_epoch_jit.lower(state, x_train, y_train, batch_size, None, 50).compile()
+    compiled = _train_epoch_jit.lower(state, x_train, y_train, batch_size, None, 50, mesh).compile()
     compile_seconds = time.perf_counter() - start
     history: list[dict[str, Any]] = []
     first_epoch = 1
@@ -511,7 +569,9 @@ def fit(
             raise DivergenceError(
                 f"non-finite loss or gradient at epoch {epoch}, step {step + 1}; "
                 "try a lower learning rate",
-                state, epoch, step + 1,
+                state,
+                epoch,
+                step + 1,
             )
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -522,8 +582,9 @@ def fit(
         if epoch == first_epoch:
             record["compile_seconds"] = compile_seconds
         if evaluate_train:
-            record["train_accuracy"] = evaluate(state.params, x_train, y_train,
-                                                options=state.options)["accuracy"]
+            record["train_accuracy"] = evaluate(
+                state.params, x_train, y_train, options=state.options
+            )["accuracy"]
         if validation_data is not None:
             scores = evaluate(state.params, x_valid, y_valid, options=state.options)
             record["validation_loss"] = scores["loss"]

@@ -1,0 +1,17 @@
+"""Test-wide settings: silent broadcasting between arrays of different ranks is an error here.
+
+(Strict dtype promotion is not switched on: optax's own updates mix Python floats with int32
+step counts, which that mode rejects.)
+"""
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Run a test with 64-bit floats enabled (for gradient checks to 1e-10)."""
+    with jax.enable_x64(True):
+        yield
