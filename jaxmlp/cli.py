@@ -404,11 +404,16 @@ def load_data(config: RunConfig, *, test_limit: int | None = None):
     return ds, train, validation, test
 
 
-def restore_run(run_dir: Path, config: RunConfig, out: Output, *, quarantine: bool = False):
-    """The latest good checkpoint of a run (a ``checkpoints.Restored``), or None."""
+def restore_run(run_dir: Path, config: RunConfig, out: Output, *, target=None,
+                quarantine: bool = False):
+    """The latest good checkpoint of a run (a ``checkpoints.Restored``), or None.
+
+    ``target``: a fresh state of ``config`` (built here when not given).
+    """
     from jaxmlp import checkpoints
 
-    target = build_state(config, train_size(config))
+    if target is None:
+        target = build_state(config, train_size(config))
 
     def skipped(epoch: int, reason: str) -> None:
         out.note(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); "
@@ -674,7 +679,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    restored = restore_run(run_dir, config, out, quarantine=True)
+    restored = restore_run(run_dir, config, out, target=state, quarantine=True)
     if restored is not None:
         state = restored.state
         start_epoch = restored.epoch

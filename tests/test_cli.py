@@ -363,3 +363,42 @@ def test_help_lists_every_option_with_its_default(command, capsys):
     if command == "train":
         for name in cfglib.FIELDS:
             assert "--" + name.replace("_", "-") in out
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(needs_data, tmp_path, capsys):
+    """SIGKILL at some moment after the first checkpoint, then --resume: same final params,
+    a readable checkpoint and a history with each epoch exactly once."""
+    import subprocess
+    import sys
+    import time
+
+    common = ["--runs-dir", tmp_path, *SMALL, "--epochs", "4", "--no-plots", "--keep-checkpoints",
+              "2"]
+    code, _, err = run(capsys, "train", *common, "--name", "straight")
+    assert code == 0, err
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxmlp", "train", *map(str, common), "--name", "killed"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    checkpoints_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not checkpoints.list_steps(checkpoints_dir) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    time.sleep(float(np.random.default_rng().uniform(0.0, 0.5)))
+    process.kill()
+    process.wait()
+
+    code, out, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "killed", "--resume",
+                         "--no-plots")
+    assert code == 0, err
+    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "killed")
+    import jax
+
+    for u, v in zip(jax.tree.leaves(checkpoints.state_arrays(a.state)),
+                    jax.tree.leaves(checkpoints.state_arrays(b.state)), strict=True):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
