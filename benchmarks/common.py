@@ -25,7 +25,7 @@ class Mode:
         return self.name == "quick"
 
 
-QUICK = Mode("quick", repeats=3, min_repeat_s=0.01, budget_s=0.3, epoch_examples=6_400,
+QUICK = Mode("quick", repeats=3, min_repeat_s=0.01, budget_s=0.3, epoch_examples=3_200,
              epoch_repeats=1)
 FULL = Mode("full", repeats=7, min_repeat_s=0.05, budget_s=2.0, epoch_examples=60_000,
             epoch_repeats=3)

@@ -26,7 +26,6 @@ FULL_SWEEPS = {
 }
 QUICK_SWEEPS = {
     "width": [((784, 50, 10), 128)],
-    "depth": [((784, 256, 256, 10), 128)],
     "batch": [((784, 256, 256, 10), 1)],
 }
 NUMERICAL_NET = (64, 16, 10)  # small enough to difference every parameter
