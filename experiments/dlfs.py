@@ -145,6 +145,18 @@ def gradient_check(ds) -> dict:
     return results
 
 
+def kink_fraction(ds, inits: int = 1000, h: float = 1e-4) -> dict:
+    """How often a random TwoLayerNet init puts a hidden pre-activation of the 3 check images
+    within h of ReLU's kink, where the central difference straddles it and is wrong."""
+    x = jnp.asarray(ds.train.images[:3])
+    counts = np.array([
+        int(jnp.sum(jnp.abs(x @ jaxmlp.init_mlp(jax.random.key(s), (784, 50, 10), init="normal",
+                                                scale=0.01)[0]["w"]) < h))
+        for s in range(inits)])
+    return {"inits": inits, "h": h, "fraction_with_a_unit_within_h": float(np.mean(counts > 0)),
+            "mean_units_within_h": float(counts.mean())}
+
+
 def _ordered(values, report):
     """grad_check's keys are pytree paths ([0]['b'], [0]['w'], ...): order them W1 b1 W2 b2."""
     keys = list(report)
@@ -209,10 +221,18 @@ def plot(two, opt, path):
 
 
 def main():
-    args = common.arguments(__doc__.splitlines()[0], lambda p: p.add_argument(
-        "--seeds", type=int, default=10, help="seeds of the optimizer comparison"))
+    def extra(parser):
+        parser.add_argument("--seeds", type=int, default=10,
+                            help="seeds of the optimizer comparison")
+        parser.add_argument("--kinks-only", action="store_true",
+                            help="only count ReLU kinks within h of the gradient check's inputs")
+
+    args = common.arguments(__doc__.splitlines()[0], extra)
     name = "dlfs"
     ds = common.load("mnist", normalize="unit")
+    if args.kinks_only:
+        common.save("dlfs_kinks", kink_fraction(ds), args.out, args.quick)
+        return
     result: dict = {"reported": {"grad_check": BOOK_GRAD_CHECK, "loss_at_1900": BOOK_LOSS_1900,
                                  "two_layer_net_test_accuracy": 0.97}}
     with common.timer() as total:
