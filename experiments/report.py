@@ -134,5 +134,29 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def pytorch_tables() -> str:
+    """One Markdown table per question of the PyTorch book's chapter 4."""
+    r = _load("pytorch_ch4")
+    if not r:
+        return "(pytorch_ch4.json missing)"
+    parts = []
+    for table, rows_ in r["tables"].items():
+        lines = [f"**{table}**", "", "| run | epochs | test correct | test loss | "
+                 "test acc. per epoch | train acc. (eval mode) | worst class | seconds |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for row, key in rows_.items():
+            run = r["runs"][key]
+            curve = " ".join(f"{a * 100:.1f}" for a in run["test_accuracy_per_epoch"])
+            train = "-" if run["train_accuracy"] is None else f"{run['train_accuracy'] * 100:.2f}"
+            lines.append(f"| {row} | {run['config']['epochs']} | {run['test_correct']} | "
+                         f"{run['test_loss']:.4f} | {curve} | {train} | "
+                         f"{run['worst_class']} ({run['worst_class_accuracy'] * 100:.1f}) | "
+                         f"{run['seconds']:.0f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 if __name__ == "__main__":
     print(table())
+    print()
+    print(pytorch_tables())
