@@ -517,8 +517,12 @@ def _train_config(args: argparse.Namespace, argv: Sequence[str]) -> tuple[RunCon
     if runs_dir is not None and args.runs_dir == "runs":
         args.runs_dir = str(runs_dir)
     base = cfglib.from_mapping(file_values, source=args.config) if file_values else RunConfig()
-    config = cfglib.from_mapping(explicit, base=base, source="options")
+    config = cfglib.from_mapping(explicit, base=base, source="")
     requested = {**file_values, **explicit}
+    # Optimizer hyperparameters are checked by name against the optax constructor, early.
+    import jaxmlp
+
+    jaxmlp.optimizer(config.optimizer, config.learning_rate, **config.optimizer_hyperparameters())
     name = name or config.dataset
     if not isinstance(name, str) or not _NAME.match(name):
         raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
@@ -551,7 +555,7 @@ def _prepare_run_dir(args, config: RunConfig, requested: dict, run_dir: Path,
     if args.resume:
         # The saved config rules; only values given now that do not change results, and a
         # larger number of epochs, are taken over.
-        merged = cfglib.from_mapping(requested, base=saved, source="options")
+        merged = cfglib.from_mapping(requested, base=saved, source="")
         keys = [k for k in saved.result_fields() if k != "epochs"]
         changed = _differences(saved.to_dict(), merged.to_dict(), keys)
         if changed:
@@ -714,11 +718,12 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
                 hook.finish()
             bad_step = int(metrics["diverged_at_step"])
             if bad_step >= 0:
-                last = f"epoch {epoch - 1}" if epoch > 1 else "none"
+                kept = (f"the last good checkpoint (epoch {epoch - 1}) is intact" if epoch > 1
+                        else "no checkpoint was saved")
                 out.note(f"error: the loss or its gradient became non-finite at epoch {epoch}, "
                          f"step {bad_step + 1} of {steps} (global step "
-                         f"{(epoch - 1) * steps + bad_step + 1}); training stopped, the last "
-                         f"good checkpoint ({last}) is intact; try a lower learning rate than "
+                         f"{(epoch - 1) * steps + bad_step + 1}); training stopped, {kept}; "
+                         "try a lower learning rate than "
                          f"{config.learning_rate:g} (e.g. --learning-rate "
                          f"{config.learning_rate / 10:g})")
                 out.emit({"event": "diverged", "epoch": epoch, "step": bad_step + 1})
@@ -882,7 +887,7 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
     width = max(len(str(r["image"])) for r in results)
     kind = "score" if config.output == "sigmoid" else "probability"
     for r in results:
-        ranked = "  ".join(f"{t['label']}: {100 * t['probability']:5.1f}%" for t in r["top"])
+        ranked = "  ".join(f"{t['label']}: {100 * t['probability']:.2f}%" for t in r["top"])
         out.result(f"{r['image']:<{width}}  predicted {r['label']}   top-{top} {kind}: {ranked}")
     return EXIT_OK
 
@@ -924,7 +929,7 @@ def cmd_summary(args: argparse.Namespace, argv: Sequence[str], out: Output) -> i
         base = cfglib.load(args.config)
     else:
         base = RunConfig()
-    config = cfglib.from_mapping(explicit, base=base, source="options")
+    config = cfglib.from_mapping(explicit, base=base, source="")
     rows = model_rows(config)
     total = sum(count for _, _, count in rows)
     # The table is built from the sizes alone; cross-check against the library's count.

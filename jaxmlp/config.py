@@ -270,17 +270,21 @@ def from_mapping(values: Mapping[str, Any], *, base: RunConfig | None = None,
                  source: str = "config") -> RunConfig:
     """``base`` (default: the defaults) with ``values`` applied; unknown keys are an error."""
     base = base if base is not None else RunConfig()
+    prefix = f"{source}: " if source else ""
     updates = {}
     for key, value in values.items():
         name = normalize_key(str(key))
         if name not in FIELDS:
-            raise ConfigError(f"{source}: unknown key {key!r}; valid keys are "
+            raise ConfigError(f"{prefix}unknown key {key!r}; valid keys are "
                               f"{', '.join(FIELDS)}")
-        updates[name] = _coerce(name, value)
+        try:
+            updates[name] = _coerce(name, value)
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") from None
     try:
         return dataclasses.replace(base, **updates)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
