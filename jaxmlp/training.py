@@ -196,7 +196,7 @@ def _step(state: TrainState, x, labels, weights, step_key):
     # PyTorch and flax loops report it: a second, clean forward pass would cost a third more.
     hits = (jnp.argmax(logits, -1) == _class_ids(labels)).astype(jnp.float32)
     correct = jnp.sum(hits if weights is None else hits * weights)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
     return new_state, loss, correct, finite
 

@@ -27,18 +27,19 @@ def _worst_relative_error(a, b):
     return max(row["relative_error"] for row in jaxmlp.grad_check(a, b).values())
 
 
-CASES = list(
-    itertools.product(
-        jaxmlp.ACTIVATIONS, ("softmax", "sigmoid"), (0.0, 0.05), (0.0, 0.3)
-    )
-)
+CASES = list(itertools.product(jaxmlp.ACTIVATIONS, ("softmax", "sigmoid"), (0.0, 0.05), (0.0, 0.3)))
 
 
 @pytest.mark.parametrize(("activation", "output", "l2", "dropout_rate"), CASES)
 def test_backprop_equals_autodiff_in_float64(x64, activation, output, l2, dropout_rate):
     params, x, labels = _problem((13, 11, 7, 5), 9, jnp.float64)
-    options = dict(activation=activation, output=output, l2=l2, dropout_rate=dropout_rate,
-                   key=jax.random.key(42) if dropout_rate else None)
+    options = dict(
+        activation=activation,
+        output=output,
+        l2=l2,
+        dropout_rate=dropout_rate,
+        key=jax.random.key(42) if dropout_rate else None,
+    )
     value, grads = jaxmlp.backprop(params, x, labels, **options)
     expected_value, expected = jax.value_and_grad(jaxmlp.loss)(params, x, labels, **options)
     chex.assert_trees_all_equal_structs(grads, expected)
@@ -78,7 +79,7 @@ def test_backprop_with_example_weights_matches_autodiff(x64):
     assert _worst_relative_error(grads, head) < 1e-10
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 9), min_size=2, max_size=5),
     batch=st.integers(1, 6),
@@ -99,7 +100,9 @@ def test_numerical_gradient_agrees_with_autodiff_in_float64(x64, activation):
     params, x, labels = _problem((8, 6, 4), 5, jnp.float64, seed=3)
     options = dict(activation=activation, l2=0.01)
     numeric = jaxmlp.numerical_grad(lambda p: jaxmlp.loss(p, x, labels, **options), params)
-    assert _worst_relative_error(numeric, jax.grad(jaxmlp.loss)(params, x, labels, **options)) < 1e-6
+    assert (
+        _worst_relative_error(numeric, jax.grad(jaxmlp.loss)(params, x, labels, **options)) < 1e-6
+    )
 
 
 def test_numerical_gradient_of_a_known_function(x64):

@@ -93,7 +93,10 @@ def test_cross_entropy_is_finite_and_non_negative(batch, classes, scale, seed):
     key_logits, key_labels = jax.random.split(jax.random.key(seed))
     logits = scale * jax.random.normal(key_logits, (batch, classes))
     labels = jax.random.randint(key_labels, (batch,), 0, classes)
-    for value in (jaxmlp.cross_entropy(logits, labels), jaxmlp.sigmoid_cross_entropy(logits, labels)):
+    for value in (
+        jaxmlp.cross_entropy(logits, labels),
+        jaxmlp.sigmoid_cross_entropy(logits, labels),
+    ):
         assert np.isfinite(float(value))
         assert float(value) >= 0
 

@@ -1,0 +1,229 @@
+"""Training: the scan epoch, exact evaluation, fit, one compile per configuration."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmlp
+from jaxmlp import training
+
+
+def _separable(n=200, features=2, seed=0):
+    """Two well-separated Gaussian blobs: a linear boundary classifies them perfectly."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    centres = np.where(labels[:, None] == 1, 3.0, -3.0)
+    images = (centres + rng.normal(size=(n, features))).astype(np.float32)
+    return images, labels
+
+
+def _blobs(n, features, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    centres = rng.normal(size=(classes, features)) * 3
+    return (centres[labels] + rng.normal(size=(n, features))).astype(np.float32), labels
+
+
+def test_linearly_separable_problem_is_fit_perfectly():
+    x, y = _separable()
+    state, history = jaxmlp.fit(
+        jax.random.key(0),
+        (2, 8, 2),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("adam", 0.05),
+        epochs=5,
+        batch_size=20,
+    )
+    assert jaxmlp.evaluate(state.params, x, y)["accuracy"] == 1.0
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_softmax_regression_is_a_single_layer():
+    x, y = _separable(features=3)
+    state, _ = jaxmlp.fit(
+        jax.random.key(0),
+        (3, 2),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("sgd", 0.5),
+        epochs=3,
+        batch_size=50,
+        init="normal",
+    )
+    assert len(state.params) == 1
+    assert jaxmlp.evaluate(state.params, x, y)["accuracy"] == 1.0
+
+
+def test_history_records():
+    x, y = _blobs(300, 5, 3)
+    _, history = jaxmlp.fit(
+        jax.random.key(1),
+        (5, 7, 3),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("sgd", 0.1),
+        epochs=3,
+        batch_size=32,
+        validation_data=(x[:50], y[:50]),
+    )
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    for record in history:
+        assert {
+            "loss",
+            "train_accuracy",
+            "validation_accuracy",
+            "validation_loss",
+            "seconds",
+        } <= set(record)
+        assert 0.0 <= record["train_accuracy"] <= 1.0 and record["seconds"] > 0
+    assert (
+        "compile_seconds" in history[0] and history[0]["seconds"] >= history[0]["compile_seconds"]
+    )
+
+
+def test_train_epoch_compiles_once_across_epochs():
+    x, y = _blobs(130, 4, 3)
+    counted = jax.jit(
+        chex.assert_max_traces(training._train_epoch, n=1),
+        static_argnames=("batch_size", "progress", "progress_every", "mesh"),
+    )
+    state = jaxmlp.create_train_state(jax.random.key(0), (4, 6, 3), jaxmlp.optimizer("adam", 1e-2))
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    for _ in range(4):  # a second trace would raise inside chex
+        state, metrics = counted(state, x, y, 32, None, 50)
+    assert int(state.step) == 4 * 5  # ceil(130 / 32) steps per epoch
+    chex.clear_trace_counter()
+
+
+def test_public_train_epoch_reuses_its_compiled_program():
+    x, y = _blobs(64, 3, 2)
+    state = jaxmlp.create_train_state(jax.random.key(0), (3, 5, 2), jaxmlp.optimizer("sgd", 0.1))
+    state, _ = jaxmlp.train_epoch(state, x, y, batch_size=16)
+    before = training._train_epoch_jit._cache_size()
+    for _ in range(3):
+        state, _ = jaxmlp.train_epoch(state, x, y, batch_size=16)
+    assert training._train_epoch_jit._cache_size() == before
+
+
+def test_every_example_is_used_once_per_epoch():
+    # With a vanishing learning rate the parameters do not move, so the epoch's example-weighted
+    # mean loss must equal the loss over the whole set: a dropped or repeated example (such as the
+    # padding of the short last batch, 103 = 4 * 25 + 3) would change it.
+    # (Random biases and tanh keep the logits free of exact ties, which the tiny updates would
+    # otherwise break one way or the other.)
+    x, y = _blobs(103, 4, 3, seed=2)
+    state = jaxmlp.create_train_state(
+        jax.random.key(0),
+        (4, 5, 3),
+        jaxmlp.optimizer("sgd", 1e-30),
+        init="normal",
+        scale=0.5,
+        options=jaxmlp.ModelOptions(activation="tanh"),
+    )
+    full = jaxmlp.evaluate(state.params, x, y, options=state.options)
+    state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=25)
+    np.testing.assert_allclose(float(metrics["loss"]), full["loss"], rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["train_accuracy"]), full["accuracy"], rtol=1e-6)
+    assert int(state.step) == 5
+
+
+def test_epochs_shuffle_differently_and_deterministically():
+    x, y = _blobs(96, 4, 3)
+
+    def run(seed):
+        state = jaxmlp.create_train_state(
+            jax.random.key(seed), (4, 5, 3), jaxmlp.optimizer("sgd", 0.1)
+        )
+        losses = []
+        for _ in range(2):
+            state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=8)
+            losses.append(float(metrics["loss"]))
+        return state, losses
+
+    a, losses_a = run(0)
+    b, _ = run(0)
+    chex.assert_trees_all_equal(a.params, b.params)  # bit-identical run to run
+    c, _ = run(1)
+    assert not np.array_equal(a.params[0]["w"], c.params[0]["w"])
+
+
+def test_hand_backprop_training_matches_autodiff_training():
+    x, y = _blobs(120, 6, 3)
+    kwargs = dict(
+        optimizer=jaxmlp.optimizer("adam", 1e-2), epochs=2, batch_size=16, dropout_rate=0.2, l2=1e-3
+    )
+    a, _ = jaxmlp.fit(jax.random.key(0), (6, 8, 3), x, y, gradient="autodiff", **kwargs)
+    b, _ = jaxmlp.fit(jax.random.key(0), (6, 8, 3), x, y, gradient="backprop", **kwargs)
+    chex.assert_trees_all_close(a.params, b.params, atol=1e-5)
+
+
+def test_evaluate_counts_every_example():
+    x, y = _blobs(1001, 4, 3)
+    params = jaxmlp.init_mlp(jax.random.key(0), (4, 6, 3))
+    predictions = np.asarray(jnp.argmax(jaxmlp.forward(params, x), -1))
+    scores = jaxmlp.evaluate(params, x, y, batch_size=64)
+    assert scores["count"] == 1001
+    assert scores["correct"] == int((predictions == y).sum())
+    np.testing.assert_allclose(
+        scores["loss"], float(jaxmlp.cross_entropy(jaxmlp.forward(params, x), y)), rtol=1e-5
+    )
+    np.testing.assert_array_equal(jaxmlp.predict(params, x), predictions)
+
+
+def test_train_step_matches_a_written_out_sgd_step():
+    x, y = _blobs(16, 3, 2)
+    state = jaxmlp.create_train_state(jax.random.key(0), (3, 4, 2), jaxmlp.optimizer("sgd", 0.1))
+    grads = jax.grad(jaxmlp.loss)(state.params, jnp.asarray(x), jnp.asarray(y))
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
+    new_state, metrics = jaxmlp.train_step(state, jnp.asarray(x), jnp.asarray(y))
+    chex.assert_trees_all_close(new_state.params, expected, atol=1e-6)
+    assert int(new_state.step) == 1 and bool(metrics["finite"])
+
+
+def test_divergence_stops_at_the_step_and_keeps_the_last_good_state():
+    x, y = _blobs(64, 4, 3)
+    x = x * 1e18  # the first step overflows float32
+    with pytest.raises(
+        jaxmlp.DivergenceError, match=r"epoch 1, step \d+.*lower learning rate"
+    ) as e:
+        jaxmlp.fit(
+            jax.random.key(0),
+            (4, 5, 3),
+            x,
+            y,
+            optimizer=jaxmlp.optimizer("sgd", 1e6),
+            epochs=2,
+            batch_size=16,
+        )
+    chex.assert_tree_all_finite(e.value.state.params)
+    assert e.value.epoch == 1 and e.value.step >= 1
+
+
+def test_max_norm_bounds_incoming_weight_vectors():
+    x, y = _blobs(128, 6, 3)
+    state, _ = jaxmlp.fit(
+        jax.random.key(0),
+        (6, 32, 3),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("sgd", 5.0),
+        epochs=2,
+        batch_size=16,
+        max_norm=0.5,
+    )
+    for layer in state.params:
+        assert float(jnp.max(jnp.linalg.norm(layer["w"], axis=0))) <= 0.5 + 1e-5
+
+
+def test_shift_augmentation_moves_pixels_and_keeps_shape():
+    image = np.zeros((1, 36), np.float32)
+    image[0, 3 * 6 + 3] = 1.0  # one bright pixel in a 6 x 6 image
+    shifted = training._shift_images(jnp.asarray(np.repeat(image, 50, 0)), jax.random.key(0), 1)
+    chex.assert_shape(shifted, (50, 36))
+    positions = {int(np.argmax(row)) for row in np.asarray(shifted)}
+    assert positions <= {r * 6 + c for r in (2, 3, 4) for c in (2, 3, 4)}
+    assert len(positions) > 3
+    np.testing.assert_allclose(np.asarray(shifted).sum(axis=1), 1.0)
