@@ -379,11 +379,13 @@ def evaluate(
     options = options if options is not None else ModelOptions()
     batch_size = min(_validation.check_positive_int("batch_size", batch_size), images.shape[0])
     metrics = _evaluate_jit(params, images, labels, options, batch_size)
+    correct, count = int(metrics["correct"]), int(metrics["count"])
+    # The accuracy from the exact integer counts, not a float32 quotient.
     return {
         "loss": float(metrics["loss"]),
-        "accuracy": float(metrics["accuracy"]),
-        "correct": int(metrics["correct"]),
-        "count": int(metrics["count"]),
+        "accuracy": correct / count,
+        "correct": correct,
+        "count": count,
     }
 
 
