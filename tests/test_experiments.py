@@ -80,3 +80,22 @@ def test_sampling_with_replacement_vmaps_over_seeds():
 
 def test_smooth_curve_keeps_length_and_constants():
     assert common.smooth_curve(np.full(50, 3.0)) == pytest.approx(np.full(50, 3.0))
+
+
+@pytest.mark.data
+def test_d2l_softmax_quick_run_writes_results(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import jaxmlp.data
+    from experiments import d2l_softmax
+
+    try:
+        jaxmlp.data.load("fashion_mnist", download=False)
+    except jaxmlp.data.DataError as error:
+        pytest.skip(f"Fashion-MNIST not available: {error}")
+    monkeypatch.setattr(sys, "argv", ["d2l_softmax", "--quick", "--out", str(tmp_path)])
+    d2l_softmax.main()
+    result = json.loads((tmp_path / "d2l_softmax_quick.json").read_text())
+    assert result["test_accuracy"]["mean"] > 0.6  # one epoch of softmax regression
+    assert (tmp_path / "d2l_softmax_quick.png").exists()
