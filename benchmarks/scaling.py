@@ -60,20 +60,41 @@ def crossovers(gradient_speed: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def probe(width: int, steps: int = 3) -> dict[str, Any]:
+    """Run :mod:`benchmarks.memory_probe` in a fresh process (its own memory high-water mark)."""
+    command = [sys.executable, "-m", "benchmarks.memory_probe", str(width), "128", str(steps)]
+    completed = subprocess.run(command, capture_output=True, text=True,
+                               env=clean_environment(dict(os.environ)), timeout=300)
+    if completed.returncode != 0:
+        return {"width": width, "error": completed.stderr.strip().splitlines()[-1][-300:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def memory(mode: Mode) -> list[dict[str, Any]]:
     widths = (256,) if mode.quick else (256, 1024, 4096, 8192)
     rows = []
     for width in widths:
-        command = [sys.executable, "-m", "benchmarks.memory_probe", str(width), "128", "3"]
-        completed = subprocess.run(command, capture_output=True, text=True,
-                                   env=clean_environment(dict(os.environ)), timeout=300)
-        if completed.returncode != 0:
-            rows.append({"width": width, "error": completed.stderr[-300:]})
-            continue
-        rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-        print(f"  memory 784-{width}-{width}-10: peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB",
-              flush=True)
+        rows.append(probe(width))
+        if "error" not in rows[-1]:
+            print(f"  memory 784-{width}-{width}-10: peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB",
+                  flush=True)
     return rows
+
+
+def verify_width(estimate: dict[str, Any]) -> dict[str, Any]:
+    """Train at the estimated largest width, stepping down 10% at a time until it fits."""
+    tries = []
+    width = estimate["largest_width"]
+    for _ in range(4):
+        row = probe(width, steps=2)
+        fits = "error" not in row
+        tries.append({"width": width, "fits": fits, **({"device_peak_mib": row["device_peak_mib"]}
+                                                        if fits else {"error": row["error"]})})
+        print(f"  width {width}: {'fits' if fits else 'out of memory'}", flush=True)
+        if fits:
+            return {"largest_verified_width": width, "tries": tries}
+        width = int(width * 0.9)
+    return {"largest_verified_width": None, "tries": tries}
 
 
 def largest_device_width(rows: list[dict[str, Any]], examples: int = 60_000) -> dict | None:
@@ -96,5 +117,8 @@ def largest_device_width(rows: list[dict[str, Any]], examples: int = 60_000) -> 
 def run(mode: Mode, *, results: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
     gradient_speed = (results or {}).get("sections", {}).get("gradient_speed") or {}
     rows = memory(mode)
+    estimate = largest_device_width(rows)
+    if estimate is not None and not mode.quick:
+        estimate.update(verify_width(estimate))
     return {"crossovers": crossovers(gradient_speed), "memory": rows,
-            "largest_device_width": largest_device_width(rows)}
+            "largest_device_width": estimate}
