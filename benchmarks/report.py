@@ -220,7 +220,9 @@ def plot_scaling(results: dict[str, Any], path: Path) -> bool:
         axis.set_ylabel("us per gradient")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(f"Gradient time, {results['machine']['cpu']} ({results['machine']['backend']})")
+    m = results["machine"]
+    where = m["cpu"] if m["backend"] == "cpu" else f"{m['device_kind']} ({m['backend']})"
+    figure.suptitle(f"Gradient time per call, {where}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
