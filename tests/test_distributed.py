@@ -105,3 +105,17 @@ def test_two_processes_train_together_like_one(tmp_path):
     difference = _max_difference(first, alone)
     print(f"max |two processes - one device| after 2 epochs: {difference:.3g}")
     assert difference < TOLERANCE
+
+
+def test_device_count_benchmark_runs_and_writes_its_report(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.devices", "--counts", "1", "2", "--examples", "1024",
+         "--batch", "128", "--epochs", "1", "--hidden", "32", "--no-gpu", "--out", str(tmp_path)],
+        cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report_file,) = tmp_path.glob("devices-*.json")
+    report = json.loads(report_file.read_text())
+    assert [r["devices"] for r in report["results"]] == [1, 2]
+    assert all(r["examples_per_second"] > 0 for r in report["results"])
+    assert "| cpu (cpu) | 2 | 64 |" in report_file.with_suffix(".md").read_text()
