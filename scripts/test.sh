@@ -24,4 +24,4 @@ if ! .venv/bin/python -m jaxmlp.data status >/dev/null 2>&1; then
     || echo "warning: MNIST / Fashion-MNIST could not be fetched; tests that need them are skipped" >&2
 fi
 
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15 "$@"
