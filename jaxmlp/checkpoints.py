@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -133,7 +134,16 @@ def list_steps(directory: str | os.PathLike[str]) -> list[int]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in directory.iterdir() if _complete_step(p))
+
+
+def _complete_step(path: Path) -> bool:
+    """A finished orbax step: a numbered directory with its metadata file (orbax writes a step
+    under a temporary name and renames it when done; anything else is a leftover)."""
+    return path.is_dir() and path.name.isdigit() and (path / _METADATA).is_file()
+
+
+_METADATA = "_CHECKPOINT_METADATA"
 
 
 def save(
@@ -164,10 +174,13 @@ def save(
     }
     ocp = _ocp()
     try:
-        manager = _manager(directory, keep, create=True)
-        if epoch in manager.all_steps():
+        _remove_abandoned_deletions(directory)
+        if epoch in list_steps(directory):
             # A step saved earlier and then abandoned (the run fell back past it): replace it.
-            manager.delete(epoch)
+            _remove_step(directory, epoch)
+        # Old steps are pruned below by this module, not by orbax: a step is renamed out of
+        # sight before it is deleted, so a kill mid-deletion never leaves a half step listed.
+        manager = _manager(directory, None, create=True)
         manager.save(
             int(epoch),
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
@@ -176,15 +189,49 @@ def save(
         )
         manager.wait_until_finished()
         manager.close()
+        for old in list_steps(directory)[:-keep] if keep else []:
+            _remove_step(directory, old)
     except Exception as e:  # orbax and tensorstore report I/O failures with various types
         raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {directory}: "
                               f"{_one_line(e)}") from e
     return directory / str(epoch)
 
 
+_DELETING = ".deleting-"
+
+
+def _remove_step(directory: Path, step: int) -> None:
+    """Delete a step directory: first an atomic rename that hides it from :func:`list_steps`."""
+    doomed = directory / f"{_DELETING}{step}-{os.getpid()}-{time.monotonic_ns()}"
+    os.rename(directory / str(step), doomed)
+    shutil.rmtree(doomed)
+
+
+def _remove_abandoned_deletions(directory: Path) -> None:
+    """Finish deletions that a killed process started, renamed or (by an older version that
+    deleted in place) half-done."""
+    if directory.is_dir():
+        for leftover in directory.iterdir():
+            unfinished = leftover.name.isdigit() and not _complete_step(leftover)
+            if leftover.name.startswith(_DELETING) or unfinished:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code=(\d+)")
+
+
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    """The first line of an error, with the operating system's reason first when tensorstore
+    buries it (e.g. "No space left on device") far down its message."""
+    text = str(error).strip()
+    lines = text.splitlines()
+    first = lines[0][:300] if lines else type(error).__name__
+    code = _OS_ERROR_CODE.search(text)
+    if code:
+        return f"{os.strerror(int(code.group(1)))} ({first})"
+    if isinstance(error, OSError) and error.strerror and error.strerror not in first:
+        return f"{error.strerror} ({first})"
+    return first
 
 
 def _shapes(tree: Any) -> list[tuple[str, tuple[int, ...], str]]:

@@ -168,6 +168,10 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     run.add_argument("--overwrite", action="store_true",
                      help="delete an existing run directory of this name first")
     run.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
+    run.add_argument("--data-parallel", action="store_true",
+                     help="train data-parallel over all local devices (jax.sharding): each "
+                          "batch is split across them; the batch size must be a multiple of "
+                          "the device count")
     _add_output_options(run)
     groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
     for name, field in cfglib.FIELDS.items():
@@ -456,8 +460,9 @@ def per_class_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def score_test_set(config: RunConfig, params, test, class_names, run_dir: Path | None,
-                   *, plots: bool) -> dict[str, Any]:
-    """Test loss/accuracy, confusion matrix and per-class metrics; optionally the two plots."""
+                   *, plots: bool, out: Output | None = None) -> dict[str, Any]:
+    """Test loss/accuracy, confusion matrix and per-class metrics; optionally the two plots
+    (a run directory that cannot be written to gets the scores and a warning, not an error)."""
     import jaxmlp
 
     images, labels = test
@@ -469,9 +474,15 @@ def score_test_set(config: RunConfig, params, test, class_names, run_dir: Path |
     if plots and run_dir is not None:
         from jaxmlp import plots as plotlib
 
-        plotlib.plot_confusion(matrix, class_names, run_dir / PLOT_FILES["confusion"])
-        plotlib.plot_misclassified(images, labels, pred, run_dir / PLOT_FILES["misclassified"],
-                                   class_names)
+        try:
+            plotlib.plot_confusion(matrix, class_names, run_dir / PLOT_FILES["confusion"])
+            plotlib.plot_misclassified(images, labels, pred,
+                                       run_dir / PLOT_FILES["misclassified"], class_names)
+        except OSError as e:
+            if out is None:
+                raise
+            out.note(f"warning: cannot write the plots into {run_dir} "
+                     f"({e.strerror or e}); scores follow without them (--no-plots skips them)")
     return {
         "test_loss": scores["loss"],
         "test_accuracy": scores["accuracy"],
@@ -670,6 +681,15 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
     if config.batch_size > n_train:
         raise CliError(f"batch_size={config.batch_size} is larger than the {n_train} training "
                        f"examples; expected batch_size <= {n_train}")
+    mesh = None
+    if args.data_parallel:
+        from jaxmlp import sharding
+
+        mesh = sharding.data_parallel_mesh(jax.local_devices())
+        if config.batch_size % mesh.size:
+            raise CliError(f"--batch-size {config.batch_size} does not divide over the "
+                           f"{mesh.size} devices of --data-parallel; use a multiple of "
+                           f"{mesh.size}")
     # Everything that can be checked without data is checked before loading it.
     state = build_state(config, n_train)
     ds, (x_train, y_train), validation, test = load_data(config)
@@ -688,6 +708,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
         start_epoch = restored.epoch
         history = [r for r in restored.meta.get("history", []) if r["epoch"] <= start_epoch]
         out.line(f"resuming {run_dir} from the checkpoint of epoch {start_epoch}")
+    if mesh is not None:
+        out.line(sharding.describe(mesh))
+        state, x_train, y_train = sharding.replicate((state, x_train, y_train), mesh)
     # history.json always matches the checkpoint it continues from: no gap, no repeat.
     _write_json(run_dir / HISTORY_FILE, history)
 
@@ -712,7 +735,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
             began = time.perf_counter()
             state, metrics = training.train_epoch(
                 state, x_train, y_train, batch_size=config.batch_size, progress=hook,
-                progress_every=max(1, steps // 50))
+                progress_every=max(1, steps // 50), mesh=mesh)
             metrics = jax.device_get(metrics)
             if hook is not None:
                 hook.finish()
@@ -808,7 +831,7 @@ def cmd_evaluate(args: argparse.Namespace, out: Output) -> int:
     run_dir, config, restored = _load_for_inference(args, out)
     ds, _, _, test = load_data(config, test_limit=args.test_limit)
     scores = score_test_set(config, restored.state.params, test, ds.class_names, run_dir,
-                            plots=not args.no_plots)
+                            plots=not args.no_plots, out=out)
     scores = {"run_dir": str(run_dir), "epoch": restored.epoch, **scores}
     with contextlib.suppress(CliError):  # a read-only run can still be evaluated
         _write_json(run_dir / "evaluation.json", scores)

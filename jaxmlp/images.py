@@ -39,12 +39,29 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
                 rgba = image.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, rgba)
+            if image.mode == "F" or image.mode.startswith("I"):
+                return _scale_to_uint8(path, np.asarray(image, np.float64), image.mode == "F")
             gray = ImageOps.grayscale(image.convert("RGB")) if image.mode != "L" else image
             return np.asarray(gray, dtype=np.uint8)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ImageError(f"{path}: cannot read as an image ({e})") from None
+
+
+def _scale_to_uint8(path: Path, values: np.ndarray, floating: bool) -> np.ndarray:
+    """Floating-point or 16/32-bit pixels, refused if not finite; integer pixels that fit in
+    0..255 are kept, others are scaled by their own range."""
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ImageError(f"{path}: {bad} NaN or infinite pixel values; expected finite pixels")
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if not floating and low >= 0 and high <= 255:
+        return values.astype(np.uint8)
+    span = high - low
+    if span == 0:
+        return np.zeros(values.shape, np.uint8)
+    return np.round((values - low) / span * 255).astype(np.uint8)
 
 
 def light_background(gray: np.ndarray) -> bool:

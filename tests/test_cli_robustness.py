@@ -346,8 +346,6 @@ def test_read_only_run_can_be_used_but_not_trained(run_copy, capsys):
     assert snapshot(run_copy) == before
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_evaluate writes its plots into the run directory "
-                   "unguarded, so evaluating a read-only run fails unless --no-plots is given")
 def test_read_only_run_can_be_evaluated_with_plots(run_copy, capsys):
     with _read_only(run_copy):
         code, out, err = run(capsys, "evaluate", run_copy, "--quiet")
@@ -481,9 +479,6 @@ def test_predict_refuses_unreadable_images(kind, run_copy, tmp_path, capsys):
     assert_one_line_error(code, err, path.name)
 
 
-@pytest.mark.xfail(strict=True, reason="images.read_grayscale converts a float image with NaN "
-                   "pixels to 8 bits silently (NaN becomes 0) and predict answers as if the "
-                   "image were fine")
 def test_predict_refuses_an_image_with_nan_pixels(run_copy, tmp_path, capsys):
     from PIL import Image
 
@@ -516,9 +511,6 @@ def test_half_deleted_checkpoint_is_removed_by_the_next_save(run_copy, capsys):
     assert checkpoints.list_steps(run_copy / "checkpoints") == [2, 3, 4]
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints.save lets orbax delete old steps with rmtree "
-                   "in place, so a kill during the deletion leaves a partly deleted step "
-                   "directory that list_steps reports until the next save")
 def test_half_deleted_checkpoint_is_not_listed(run_copy):
     _half_delete(run_copy / "checkpoints" / "1")
     assert checkpoints.list_steps(run_copy / "checkpoints") == [2, 3]

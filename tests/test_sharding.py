@@ -93,3 +93,41 @@ def test_mesh_argument_is_checked_by_training():
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("model",))
     with pytest.raises(ValueError, match="'data' axis"):
         _fit(mesh)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_cli_data_parallel_matches_a_single_device_run(tmp_path):
+    """`jaxmlp train --data-parallel` over 2 virtual CPU devices ends where one device does."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_data import _real_root
+
+    data_dir = _real_root("mnist").parent
+
+    def train(name, *extra, devices=1):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   JAXMLP_DATA_DIR=str(data_dir))
+        command = [sys.executable, "-m", "jaxmlp", "train", "--runs-dir", str(tmp_path),
+                   "--name", name, "--hidden", "32", "--epochs", "2", "--train-limit", "2000",
+                   "--test-limit", "500", "--validation", "0", "--no-plots", "--json", *extra]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    single = train("single")
+    parallel = train("parallel", "--data-parallel", devices=2)
+    losses = lambda events: [e["loss"] for e in events if e.get("event") == "epoch"]
+    np.testing.assert_allclose(losses(parallel), losses(single), rtol=1e-5)
+    refused = subprocess.run(
+        [sys.executable, "-m", "jaxmlp", "train", "--data-parallel", "--batch-size", "127",
+         "--runs-dir", str(tmp_path), "--name", "odd"],
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "does not divide over the 2 devices" in refused.stderr
+    assert "Traceback" not in refused.stderr
