@@ -103,7 +103,7 @@ def rows():
                 reported = r["reported"]["loss_at_1900"].get(name)
                 out.append(("deep-learning-from-scratch",
                             f"{name}: minibatch loss at iteration 1900",
-                            f"{reported:.3f}" if reported is not None else "not run",
+                            f"{reported:.3f}" if reported is not None else "not reported",
                             f"{o['loss_at_1900_seed0']:.3f} (seed 0); "
                             f"{_pm(o['loss_at_1900'], 1, 3)}", cmd.format("dlfs")))
 
