@@ -295,7 +295,10 @@ def restore_latest(
       CheckpointError: there are checkpoints but none of them can be read.
     """
     directory = Path(directory)
-    steps = list_steps(directory)
+    # Every numbered step, finished or not: an unfinished newer one is reported, not ignored.
+    steps = sorted(
+        int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()
+    ) if directory.is_dir() else []
     if not steps:
         return None
     ocp = _ocp()
@@ -305,6 +308,9 @@ def restore_latest(
     try:
         for epoch in reversed(steps):
             try:
+                if not _complete_step(directory / str(epoch)):
+                    raise ValueError(f"incomplete: no {_METADATA} (a save or a deletion was "
+                                     "interrupted)")
                 on_disk = manager.item_metadata(epoch)["state"]
                 if on_disk is None:
                     raise ValueError("no readable array metadata")
