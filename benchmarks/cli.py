@@ -22,16 +22,32 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="jaxmlp benchmarks: gradient correctness and speed, training throughput "
         "against NumPy and PyTorch, efficiency against the hardware's matmul limit, scaling.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few repeats (a smoke test, under 2 minutes)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="directory for the JSON, the markdown report and the plots")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip sections already in today's results file for this machine")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start a new results file instead of merging into today's")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few repeats (a smoke test, under 2 minutes)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="directory for the JSON, the markdown report and the plots",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip sections already in today's results file for this machine",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new results file instead of merging into today's",
+    )
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     args = parser.parse_args(argv)
     sections = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -81,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = description
     results["mode"] = mode.name
     results["torch_enabled"] = not args.no_torch
-    print(f"jaxmlp benchmarks ({mode.name}) on {description['cpu']}, "
-          f"{description['backend']} backend; BLAS overrides removed: "
-          f"{description['blas_env_removed'] or 'none were set'}", flush=True)
+    print(
+        f"jaxmlp benchmarks ({mode.name}) on {description['cpu']}, "
+        f"{description['backend']} backend; BLAS overrides removed: "
+        f"{description['blas_env_removed'] or 'none were set'}",
+        flush=True,
+    )
     for name in args.sections:
         if args.resume and name in results["sections"]:
             print(f"[{name}] already done, skipped (--resume)", flush=True)

@@ -25,14 +25,17 @@ class Mode:
         return self.name == "quick"
 
 
-QUICK = Mode("quick", repeats=3, min_repeat_s=0.01, budget_s=0.3, epoch_examples=3_200,
-             epoch_repeats=1)
-FULL = Mode("full", repeats=7, min_repeat_s=0.05, budget_s=2.0, epoch_examples=60_000,
-            epoch_repeats=3)
+QUICK = Mode(
+    "quick", repeats=3, min_repeat_s=0.01, budget_s=0.3, epoch_examples=3_200, epoch_repeats=1
+)
+FULL = Mode(
+    "full", repeats=7, min_repeat_s=0.05, budget_s=2.0, epoch_examples=60_000, epoch_repeats=3
+)
 
 
-def synthetic_mnist(n: int, features: int = 784, classes: int = 10, seed: int = 0,
-                    dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_mnist(
+    n: int, features: int = 784, classes: int = 10, seed: int = 0, dtype=np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """MNIST-shaped inputs: pixels uniform in [0, 1), labels uniform over the classes.
 
     Speed does not depend on the values, so random data stands in for MNIST and every
@@ -78,5 +81,8 @@ def device_memory() -> dict | None:
     stats = jax.devices()[0].memory_stats()
     if not stats:
         return None
-    return {key: stats[key] for key in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")
-            if key in stats}
+    return {
+        key: stats[key]
+        for key in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")
+        if key in stats
+    }

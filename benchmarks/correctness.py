@@ -88,8 +88,16 @@ def _sampled_report(flat_reference: np.ndarray, indices: np.ndarray, numerical: 
     }
 
 
-def check_case(sizes, activation: str, variant: str, dtype: str, batch: int, samples: int,
-               with_numerical: bool, seed: int = 0) -> dict[str, Any]:
+def check_case(
+    sizes,
+    activation: str,
+    variant: str,
+    dtype: str,
+    batch: int,
+    samples: int,
+    with_numerical: bool,
+    seed: int = 0,
+) -> dict[str, Any]:
     """All pairwise comparisons for one architecture, variant and dtype."""
     l2, dropout_rate = VARIANTS[variant]
     x_np, y_np = synthetic_mnist(batch, sizes[0], sizes[-1], seed=seed)
@@ -98,17 +106,25 @@ def check_case(sizes, activation: str, variant: str, dtype: str, batch: int, sam
     init = "glorot" if activation == "sigmoid" else "he"
     params = jaxmlp.init_mlp(jax.random.key(seed), sizes, init=init, dtype=jnp.dtype(dtype))
     key = jax.random.key(seed + 1) if dropout_rate else None
-    options = {"activation": activation, "l2": l2, "output": "softmax",
-               "dropout_rate": dropout_rate}
+    options = {
+        "activation": activation,
+        "l2": l2,
+        "output": "softmax",
+        "dropout_rate": dropout_rate,
+    }
 
-    autodiff = jax.jit(jax.grad(jaxmlp.loss), static_argnames=STATIC)(params, x, y, key=key,
-                                                                      **options)
-    _, backprop = jax.jit(jaxmlp.backprop, static_argnames=STATIC)(params, x, y, key=key,
-                                                                   **options)
+    autodiff = jax.jit(jax.grad(jaxmlp.loss), static_argnames=STATIC)(
+        params, x, y, key=key, **options
+    )
+    _, backprop = jax.jit(jaxmlp.backprop, static_argnames=STATIC)(params, x, y, key=key, **options)
     masks = _layer_masks(params, batch, x.dtype, key, dropout_rate, 0.0)
     masks_np = [None if mask is None else np.asarray(mask) for mask in masks]
     _, numpy_grads = numpy_reference.loss_and_grads(
-        numpy_reference.to_numpy(params), np.asarray(x), y_np, activation=activation, l2=l2,
+        numpy_reference.to_numpy(params),
+        np.asarray(x),
+        y_np,
+        activation=activation,
+        l2=l2,
         masks=masks_np,
     )
     result = {
@@ -125,7 +141,11 @@ def check_case(sizes, activation: str, variant: str, dtype: str, batch: int, sam
         # In float32 the loss's rounding (~1e-7 relative) divided by 2h swamps the derivative.
         indices, values = _sampled_numerical(
             lambda p, x, y, key: jaxmlp.loss(p, x, y, key=key, **options),
-            params, (x, y, key), samples, 1e-6, seed,
+            params,
+            (x, y, key),
+            samples,
+            1e-6,
+            seed,
         )
         flat_autodiff = np.asarray(ravel_pytree(autodiff)[0])
         flat_backprop = np.asarray(ravel_pytree(backprop)[0])
@@ -147,16 +167,28 @@ def run(mode: Mode, **_: Any) -> dict[str, Any]:
         for dtype in ("float32", "float64"):
             for sizes, activation in architectures:
                 for variant in variants:
-                    case = check_case(sizes, activation, variant, dtype, batch, samples,
-                                      with_numerical=variant in numerical_variants)
+                    case = check_case(
+                        sizes,
+                        activation,
+                        variant,
+                        dtype,
+                        batch,
+                        samples,
+                        with_numerical=variant in numerical_variants,
+                    )
                     cases.append(case)
-                    print(f"  {dtype} {case['architecture']} {activation} {variant}: "
-                          f"autodiff vs backprop "
-                          f"{case['autodiff_vs_backprop']['max_relative_error']:.1e}", flush=True)
+                    print(
+                        f"  {dtype} {case['architecture']} {activation} {variant}: "
+                        f"autodiff vs backprop "
+                        f"{case['autodiff_vs_backprop']['max_relative_error']:.1e}",
+                        flush=True,
+                    )
     goals = {}
     for dtype, bound in GOALS.items():
-        worst = max(case["autodiff_vs_backprop"]["max_relative_error"] for case in cases
-                    if case["dtype"] == dtype)
+        worst = max(
+            case["autodiff_vs_backprop"]["max_relative_error"]
+            for case in cases
+            if case["dtype"] == dtype
+        )
         goals[dtype] = {"bound": bound, "worst_relative_error": worst, "met": worst <= bound}
-    return {"cases": cases, "goals": goals, "numerical_eps": 1e-6,
-            "matmul_precision": "highest"}
+    return {"cases": cases, "goals": goals, "numerical_eps": 1e-6, "matmul_precision": "highest"}

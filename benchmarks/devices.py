@@ -48,8 +48,9 @@ def child(platform_name: str, count: int, args: argparse.Namespace) -> dict[str,
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(args.examples, 784)).astype(np.float32)
     labels = rng.integers(0, 10, args.examples).astype(np.int32)
-    state = jaxmlp.create_train_state(jax.random.key(0), (784, args.hidden, 10),
-                                      jaxmlp.optimizer("adam", 1e-3))
+    state = jaxmlp.create_train_state(
+        jax.random.key(0), (784, args.hidden, 10), jaxmlp.optimizer("adam", 1e-3)
+    )
     state, images, labels = sharding.replicate((state, images, labels), mesh)
 
     began = time.perf_counter()
@@ -59,8 +60,7 @@ def child(platform_name: str, count: int, args: argparse.Namespace) -> dict[str,
     seconds = []
     for _ in range(args.epochs):
         began = time.perf_counter()
-        state, metrics = jaxmlp.train_epoch(state, images, labels, batch_size=args.batch,
-                                            mesh=mesh)
+        state, metrics = jaxmlp.train_epoch(state, images, labels, batch_size=args.batch, mesh=mesh)
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - began)
     best = min(seconds)
@@ -81,12 +81,31 @@ def child(platform_name: str, count: int, args: argparse.Namespace) -> dict[str,
 def _run_child(platform_name: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = platform_name
-    command = [sys.executable, "-m", "benchmarks.devices", "--child", platform_name, str(count),
-               "--examples", str(args.examples), "--batch", str(args.batch), "--epochs",
-               str(args.epochs), "--hidden", str(args.hidden)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.devices",
+        "--child",
+        platform_name,
+        str(count),
+        "--examples",
+        str(args.examples),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--hidden",
+        str(args.hidden),
+    ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env,
-                              timeout=CHILD_TIMEOUT, cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CHILD_TIMEOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     except subprocess.TimeoutExpired:
         return {"platform": platform_name, "devices": count, "error": "timed out"}
     if done.returncode != 0:
@@ -97,11 +116,13 @@ def _run_child(platform_name: str, count: int, args: argparse.Namespace) -> dict
 
 def _gpu_count() -> int:
     """Local GPUs, asked in a child so that this process never starts JAX."""
-    probe = ("import jax\ntry:\n    print(len(jax.devices('gpu')))\nexcept RuntimeError:\n"
-             "    print(0)\n")
+    probe = (
+        "import jax\ntry:\n    print(len(jax.devices('gpu')))\nexcept RuntimeError:\n    print(0)\n"
+    )
     try:
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+        )
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
     except (subprocess.TimeoutExpired, ValueError, IndexError):
         return 0
@@ -109,8 +130,11 @@ def _gpu_count() -> int:
 
 def markdown(report: dict[str, Any]) -> str:
     rows = report["results"]
-    base = {r["platform"]: r["examples_per_second"] for r in rows
-            if r.get("devices") == 1 and "examples_per_second" in r}
+    base = {
+        r["platform"]: r["examples_per_second"]
+        for r in rows
+        if r.get("devices") == 1 and "examples_per_second" in r
+    }
     lines = [
         f"# Data-parallel throughput against device count ({report['host']}, {report['date']})",
         "",
@@ -127,17 +151,21 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['platform']} | {r['devices']} | - | error: {r['error']} | - | - |")
             continue
         ratio = r["examples_per_second"] / base[r["platform"]] if r["platform"] in base else 1.0
-        lines.append(f"| {r['platform']} ({r['device_kind']}) | {r['devices']} | "
-                     f"{r['per_device_batch']} | {r['examples_per_second']:,.0f} | "
-                     f"{ratio:.2f}x | {r['first_epoch_seconds']:.2f} |")
+        lines.append(
+            f"| {r['platform']} ({r['device_kind']}) | {r['devices']} | "
+            f"{r['per_device_batch']} | {r['examples_per_second']:,.0f} | "
+            f"{ratio:.2f}x | {r['first_epoch_seconds']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.devices",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8],
-                        help="virtual CPU device counts")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.devices", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="virtual CPU device counts"
+    )
     parser.add_argument("--examples", type=int, default=16384, help="examples per epoch")
     parser.add_argument("--batch", type=int, default=512, help="global batch size")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per count")
@@ -166,9 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
     today = datetime.date.today().isoformat()
     host = socket.gethostname().split(".")[0] or "host"
-    report = {"host": host, "date": today, "python": platform.python_version(),
-              "cpu_count": os.cpu_count(), "examples": args.examples, "batch": args.batch,
-              "epochs": args.epochs, "hidden": args.hidden, "results": results}
+    report = {
+        "host": host,
+        "date": today,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "examples": args.examples,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "hidden": args.hidden,
+        "results": results,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"devices-{host}-{today}"

@@ -33,8 +33,12 @@ NUMERICAL_NET = (64, 16, 10)  # small enough to difference every parameter
 
 def _timed(function, args, mode: Mode) -> dict[str, Any]:
     compiled, seconds = compile_seconds(function, *args)
-    timing = measure(lambda: compiled(*args), repeats=mode.repeats,
-                     min_repeat_s=mode.min_repeat_s, budget_s=mode.budget_s)
+    timing = measure(
+        lambda: compiled(*args),
+        repeats=mode.repeats,
+        min_repeat_s=mode.min_repeat_s,
+        budget_s=mode.budget_s,
+    )
     return {**timing, "compile_s": seconds}
 
 
@@ -59,16 +63,21 @@ def point(sizes, batch: int, mode: Mode) -> dict[str, Any]:
     }
     for name, function in functions.items():
         result[name] = _timed(function, args, mode)
-    result["separate_loss_then_grad_s"] = (result["loss_only"]["median_s"]
-                                           + result["grad_only"]["median_s"])
+    result["separate_loss_then_grad_s"] = (
+        result["loss_only"]["median_s"] + result["grad_only"]["median_s"]
+    )
     params_np = numpy_reference.to_numpy(params)
-    result["numpy"] = measure(lambda: numpy_reference.loss_and_grads(params_np, x_np, y_np),
-                              repeats=mode.repeats, min_repeat_s=mode.min_repeat_s,
-                              budget_s=mode.budget_s)
+    result["numpy"] = measure(
+        lambda: numpy_reference.loss_and_grads(params_np, x_np, y_np),
+        repeats=mode.repeats,
+        min_repeat_s=mode.min_repeat_s,
+        budget_s=mode.budget_s,
+    )
     # Central differences: two loss evaluations per parameter, each at least one loss call.
     result["numerical_extrapolated_s"] = 2 * result["parameters"] * result["loss_only"]["median_s"]
-    result["backprop_over_autodiff"] = (result["backprop"]["median_s"]
-                                        / result["autodiff"]["median_s"])
+    result["backprop_over_autodiff"] = (
+        result["backprop"]["median_s"] / result["autodiff"]["median_s"]
+    )
     return result
 
 
@@ -85,10 +94,15 @@ def numerical_small(mode: Mode) -> dict[str, Any]:
         lambda params, x, y: jaxmlp.numerical_grad(lambda p: jaxmlp.loss(p, x, y), params)
     )
     compiled, compile_s = compile_seconds(numerical, params, x, y)
-    timing = measure(lambda: compiled(params, x, y), repeats=3, min_repeat_s=0.0,
-                     budget_s=mode.budget_s)
-    loss_timing = measure(lambda: loss(params, x, y), repeats=mode.repeats,
-                          min_repeat_s=mode.min_repeat_s, budget_s=mode.budget_s)
+    timing = measure(
+        lambda: compiled(params, x, y), repeats=3, min_repeat_s=0.0, budget_s=mode.budget_s
+    )
+    loss_timing = measure(
+        lambda: loss(params, x, y),
+        repeats=mode.repeats,
+        min_repeat_s=mode.min_repeat_s,
+        budget_s=mode.budget_s,
+    )
     count = parameter_count(NUMERICAL_NET)
     return {
         "architecture": sizes_label(NUMERICAL_NET),
@@ -110,10 +124,13 @@ def run(mode: Mode, **_: Any) -> dict[str, Any]:
         for sizes, batch in points:
             row = point(sizes, batch, mode)
             rows.append(row)
-            print(f"  {sweep}: {row['architecture']} batch {batch}: "
-                  f"autodiff {row['autodiff']['median_s'] * 1e6:.0f} us, "
-                  f"backprop {row['backprop']['median_s'] * 1e6:.0f} us, "
-                  f"numpy {row['numpy']['median_s'] * 1e6:.0f} us", flush=True)
+            print(
+                f"  {sweep}: {row['architecture']} batch {batch}: "
+                f"autodiff {row['autodiff']['median_s'] * 1e6:.0f} us, "
+                f"backprop {row['backprop']['median_s'] * 1e6:.0f} us, "
+                f"numpy {row['numpy']['median_s'] * 1e6:.0f} us",
+                flush=True,
+            )
         result["sweeps"][sweep] = rows
     result["numerical_small"] = numerical_small(mode)
     ratios = [row["backprop_over_autodiff"] for rows in result["sweeps"].values() for row in rows]

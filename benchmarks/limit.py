@@ -41,8 +41,9 @@ def _operands(role: str, m: int, k: int, n: int):
     return (m, k), (n, k), INPUT_GRADIENT  # delta (B, n_out), W (n_in, n_out)
 
 
-def time_matmul(lhs_shape, rhs_shape, dims, flops: int, mode: Mode,
-                dtype=jnp.float32) -> dict[str, Any]:
+def time_matmul(
+    lhs_shape, rhs_shape, dims, flops: int, mode: Mode, dtype=jnp.float32
+) -> dict[str, Any]:
     """Seconds per product, from a scan of repetitions (about 20 ms of work per call)."""
     repetitions = int(min(max(2e9 / max(flops, 1), 4), 2000))
     if mode.quick:
@@ -63,11 +64,16 @@ def time_matmul(lhs_shape, rhs_shape, dims, flops: int, mode: Mode,
         return lax.scan(body, initial, None, length=repetitions)[0][2]
 
     compiled, _ = compile_seconds(repeat, lhs, rhs)
-    timing = measure(lambda: compiled(lhs, rhs), repeats=mode.repeats, min_repeat_s=0.0,
-                     budget_s=mode.budget_s)
+    timing = measure(
+        lambda: compiled(lhs, rhs), repeats=mode.repeats, min_repeat_s=0.0, budget_s=mode.budget_s
+    )
     seconds = timing["median_s"] / repetitions
-    return {"seconds": seconds, "flops": flops, "flop_per_s": flops / seconds,
-            "repetitions": repetitions}
+    return {
+        "seconds": seconds,
+        "flops": flops,
+        "flop_per_s": flops / seconds,
+        "repetitions": repetitions,
+    }
 
 
 def peak(mode: Mode) -> dict[str, Any]:
@@ -85,15 +91,28 @@ def floor(sizes, batch: int, mode: Mode) -> dict[str, Any]:
     products = []
     for role, m, k, n in matmul_shapes(sizes, batch):
         lhs, rhs, dims = _operands(role, m, k, n)
-        products.append({"role": role, "m": m, "k": k, "n": n,
-                         **time_matmul(lhs, rhs, dims, 2 * m * k * n, mode)})
+        products.append(
+            {
+                "role": role,
+                "m": m,
+                "k": k,
+                "n": n,
+                **time_matmul(lhs, rhs, dims, 2 * m * k * n, mode),
+            }
+        )
     step = sum(product["seconds"] for product in products)
-    return {"architecture": sizes_label(sizes), "batch": batch, "step_floor_s": step,
-            "step_flops": sum(product["flops"] for product in products), "products": products}
+    return {
+        "architecture": sizes_label(sizes),
+        "batch": batch,
+        "step_floor_s": step,
+        "step_flops": sum(product["flops"] for product in products),
+        "products": products,
+    }
 
 
-def efficiency(throughput_config: dict[str, Any], floor_result: dict[str, Any],
-               peak_flop_per_s: float) -> dict[str, Any]:
+def efficiency(
+    throughput_config: dict[str, Any], floor_result: dict[str, Any], peak_flop_per_s: float
+) -> dict[str, Any]:
     """Per implementation: floor time / epoch time, model FLOP/s and its fraction of the peak."""
     rows = {}
     per_example_floor = floor_result["step_floor_s"] / throughput_config["batch"]
@@ -103,9 +122,13 @@ def efficiency(throughput_config: dict[str, Any], floor_result: dict[str, Any],
             continue
         floor_s = per_example_floor * row["examples"]
         flop_per_s = per_example_flops * row["examples"] / row["epoch_s"]
-        rows[name] = {"epoch_s": row["epoch_s"], "floor_s": floor_s,
-                      "efficiency": floor_s / row["epoch_s"], "model_flop_per_s": flop_per_s,
-                      "fraction_of_peak": flop_per_s / peak_flop_per_s}
+        rows[name] = {
+            "epoch_s": row["epoch_s"],
+            "floor_s": floor_s,
+            "efficiency": floor_s / row["epoch_s"],
+            "model_flop_per_s": flop_per_s,
+            "fraction_of_peak": flop_per_s / peak_flop_per_s,
+        }
     return rows
 
 
@@ -119,12 +142,18 @@ def run(mode: Mode, *, results: dict[str, Any] | None = None, **_: Any) -> dict[
         if key not in floors:
             floors[key] = floor(sizes, batch, mode)
             print(f"  floor {key}: {floors[key]['step_floor_s'] * 1e3:.3f} ms/step", flush=True)
-        measured = next((c for c in throughput if c["name"] == config_name(sizes, batch,
-                                                                           optimizer)), None)
+        measured = next(
+            (c for c in throughput if c["name"] == config_name(sizes, batch, optimizer)), None
+        )
         if measured is not None:
-            table.append({"config": measured["name"],
-                          "implementations": efficiency(measured, floors[key],
-                                                        peak_result["best_flop_per_s"])})
+            table.append(
+                {
+                    "config": measured["name"],
+                    "implementations": efficiency(
+                        measured, floors[key], peak_result["best_flop_per_s"]
+                    ),
+                }
+            )
     goal: dict[str, Any] = {"config": "784-1024-1024-10 b128 sgd", "required_efficiency": 0.9}
     for row in table:
         if row["config"] == goal["config"] and "jaxmlp" in row["implementations"]:

@@ -44,8 +44,10 @@ def _blas_info() -> list[dict[str, Any]]:
     except ImportError:
         return [{"note": "threadpoolctl not installed; kernel unknown"}]
     return [
-        {key: entry.get(key) for key in ("internal_api", "version", "architecture", "num_threads",
-                                         "filepath")}
+        {
+            key: entry.get(key)
+            for key in ("internal_api", "version", "architecture", "num_threads", "filepath")
+        }
         for entry in threadpoolctl.threadpool_info()
     ]
 

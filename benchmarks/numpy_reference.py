@@ -115,12 +115,22 @@ def sgd_update(params: Params, grads: Params, learning_rate: float) -> None:
 
 def adam_init(params: Params) -> dict:
     zeros = [{name: np.zeros_like(value) for name, value in layer.items()} for layer in params]
-    return {"m": zeros, "v": [{n: np.zeros_like(v) for n, v in layer.items()} for layer in params],
-            "t": 0}
+    return {
+        "m": zeros,
+        "v": [{n: np.zeros_like(v) for n, v in layer.items()} for layer in params],
+        "t": 0,
+    }
 
 
-def adam_update(params: Params, grads: Params, state: dict, learning_rate: float,
-                b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+def adam_update(
+    params: Params,
+    grads: Params,
+    state: dict,
+    learning_rate: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> None:
     """Adam with bias correction and eps outside the root (optax's and PyTorch's convention)."""
     state["t"] += 1
     correction1 = 1 - b1 ** state["t"]
@@ -135,9 +145,17 @@ def adam_update(params: Params, grads: Params, state: dict, learning_rate: float
             layer[name] -= learning_rate * step
 
 
-def train_epoch(params: Params, optimizer_state: dict | None, x: np.ndarray, labels: np.ndarray,
-                *, batch_size: int, optimizer: str, learning_rate: float,
-                rng: np.random.Generator) -> float:
+def train_epoch(
+    params: Params,
+    optimizer_state: dict | None,
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    optimizer: str,
+    learning_rate: float,
+    rng: np.random.Generator,
+) -> float:
     """One shuffled epoch of minibatch training, updating ``params`` in place; the mean loss.
 
     The last batch is simply shorter when the batch size does not divide the data.
@@ -145,7 +163,7 @@ def train_epoch(params: Params, optimizer_state: dict | None, x: np.ndarray, lab
     order = rng.permutation(x.shape[0])
     total = 0.0
     for start in range(0, x.shape[0], batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         loss, grads = loss_and_grads(params, x[batch], labels[batch])
         if optimizer == "adam":
             adam_update(params, grads, optimizer_state, learning_rate)

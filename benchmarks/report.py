@@ -29,19 +29,34 @@ def _yes(met: bool | None) -> str:
 
 def machine_section(results: dict[str, Any]) -> str:
     m = results["machine"]
-    blas = ", ".join(f"{entry.get('internal_api')} {entry.get('version')} "
-                     f"({entry.get('architecture')} kernel, {entry.get('num_threads')} threads)"
-                     for entry in m["blas"] if "internal_api" in entry) or "unknown"
+    blas = (
+        ", ".join(
+            f"{entry.get('internal_api')} {entry.get('version')} "
+            f"({entry.get('architecture')} kernel, {entry.get('num_threads')} threads)"
+            for entry in m["blas"]
+            if "internal_api" in entry
+        )
+        or "unknown"
+    )
     removed = ", ".join(f"{k}={v}" for k, v in m["blas_env_removed"].items())
     rows = [
-        ["CPU", f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
-                f"{m['memory_gib']} GiB"],
+        [
+            "CPU",
+            f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['memory_gib']} GiB",
+        ],
         ["load average at start", ", ".join(f"{v:.2f}" for v in m["load_average_at_start"])],
-        ["JAX", f"jax {m['jax']}, jaxlib {m['jaxlib']}, backend {m['backend']}, "
-                f"device {m['device_kind']} x{m['device_count']}"],
+        [
+            "JAX",
+            f"jax {m['jax']}, jaxlib {m['jaxlib']}, backend {m['backend']}, "
+            f"device {m['device_kind']} x{m['device_count']}",
+        ],
         ["NumPy", f"{m['numpy']}, BLAS: {blas}"],
-        ["BLAS environment", f"removed for this run: {removed}" if removed
-         else "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were not set"],
+        [
+            "BLAS environment",
+            f"removed for this run: {removed}"
+            if removed
+            else "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were not set",
+        ],
         ["Python / OS", f"{m['python']} / {m['platform']}"],
         ["date, mode", f"{m['date']}, {results['mode']}"],
     ]
@@ -54,22 +69,40 @@ def goals_section(results: dict[str, Any]) -> str:
     c = s.get("correctness", {}).get("goals")
     if c:
         for dtype in ("float64", "float32"):
-            rows.append([f"hand backprop = jax.grad, {dtype} (rel. error <= {c[dtype]['bound']:g})",
-                         f"worst {c[dtype]['worst_relative_error']:.1e}", _yes(c[dtype]["met"])])
+            rows.append(
+                [
+                    f"hand backprop = jax.grad, {dtype} (rel. error <= {c[dtype]['bound']:g})",
+                    f"worst {c[dtype]['worst_relative_error']:.1e}",
+                    _yes(c[dtype]["met"]),
+                ]
+            )
     g = s.get("gradient_speed", {}).get("goal_within_10_percent")
     if g:
-        rows.append(["hand backprop within 10% of jax.grad in speed",
-                     f"worst ratio {g['worst']:.2f} "
-                     f"(range {min(g['ratios_backprop_over_autodiff']):.2f}.."
-                     f"{max(g['ratios_backprop_over_autodiff']):.2f})", _yes(g["met"])])
+        rows.append(
+            [
+                "hand backprop within 10% of jax.grad in speed",
+                f"worst ratio {g['worst']:.2f} "
+                f"(range {min(g['ratios_backprop_over_autodiff']):.2f}.."
+                f"{max(g['ratios_backprop_over_autodiff']):.2f})",
+                _yes(g["met"]),
+            ]
+        )
     t = s.get("throughput", {}).get("goal_vs_torch")
     if t:
-        measured = (f"{t['speedup_vs_torch_eager']:.2f}x" if "speedup_vs_torch_eager" in t
-                    else "PyTorch not installed")
+        measured = (
+            f"{t['speedup_vs_torch_eager']:.2f}x"
+            if "speedup_vs_torch_eager" in t
+            else "PyTorch not installed"
+        )
         if "speedup_vs_torch_compile" in t:
             measured += f"; vs torch.compile {t['speedup_vs_torch_compile']:.2f}x"
-        rows.append([f"{t['config']}: jaxmlp >= 2.5x PyTorch eager, ahead of torch.compile",
-                     measured, _yes(t.get("met"))])
+        rows.append(
+            [
+                f"{t['config']}: jaxmlp >= 2.5x PyTorch eager, ahead of torch.compile",
+                measured,
+                _yes(t.get("met")),
+            ]
+        )
     e = s.get("limit", {}).get("goal")
     if e:
         measured = f"floor / epoch = {e['efficiency']:.0%}" if "efficiency" in e else "-"
@@ -85,13 +118,31 @@ def correctness_section(section: dict[str, Any]) -> str:
     rows = []
     for case in section["cases"]:
         numerical = case.get("numerical_vs_autodiff")
-        rows.append([case["architecture"], case["activation"], case["variant"], case["dtype"],
-                     f"{case['autodiff_vs_backprop']['max_relative_error']:.1e}",
-                     f"{case['autodiff_vs_numpy']['max_relative_error']:.1e}",
-                     f"{case['backprop_vs_numpy']['max_relative_error']:.1e}",
-                     f"{numerical['max_relative_error']:.1e}" if numerical else "-"])
-    return _table(["net", "phi", "variant", "dtype", "grad vs backprop", "grad vs numpy",
-                   "backprop vs numpy", "numerical vs grad"], rows)
+        rows.append(
+            [
+                case["architecture"],
+                case["activation"],
+                case["variant"],
+                case["dtype"],
+                f"{case['autodiff_vs_backprop']['max_relative_error']:.1e}",
+                f"{case['autodiff_vs_numpy']['max_relative_error']:.1e}",
+                f"{case['backprop_vs_numpy']['max_relative_error']:.1e}",
+                f"{numerical['max_relative_error']:.1e}" if numerical else "-",
+            ]
+        )
+    return _table(
+        [
+            "net",
+            "phi",
+            "variant",
+            "dtype",
+            "grad vs backprop",
+            "grad vs numpy",
+            "backprop vs numpy",
+            "numerical vs grad",
+        ],
+        rows,
+    )
 
 
 def gradient_speed_section(section: dict[str, Any]) -> str:
@@ -99,24 +150,48 @@ def gradient_speed_section(section: dict[str, Any]) -> str:
     for sweep, rows in section["sweeps"].items():
         table = []
         for row in rows:
-            table.append([row["architecture"], row["batch"], f"{row['parameters']:,}",
-                          _us(row["autodiff"]["median_s"]), _us(row["backprop"]["median_s"]),
-                          f"{row['backprop_over_autodiff']:.2f}",
-                          _us(row["grad_only"]["median_s"]),
-                          _us(row["separate_loss_then_grad_s"]),
-                          _us(row["numpy"]["median_s"]),
-                          f"{row['numerical_extrapolated_s']:.3g} s",
-                          f"{row['autodiff']['compile_s']:.2f}"])
-        parts.append(f"**{sweep}**\n\n" + _table(
-            ["net", "batch", "params", "value_and_grad us", "backprop us", "ratio",
-             "grad only us", "loss + grad separately us", "NumPy us", "numerical (extrap.)",
-             "compile s"], table))
+            table.append(
+                [
+                    row["architecture"],
+                    row["batch"],
+                    f"{row['parameters']:,}",
+                    _us(row["autodiff"]["median_s"]),
+                    _us(row["backprop"]["median_s"]),
+                    f"{row['backprop_over_autodiff']:.2f}",
+                    _us(row["grad_only"]["median_s"]),
+                    _us(row["separate_loss_then_grad_s"]),
+                    _us(row["numpy"]["median_s"]),
+                    f"{row['numerical_extrapolated_s']:.3g} s",
+                    f"{row['autodiff']['compile_s']:.2f}",
+                ]
+            )
+        parts.append(
+            f"**{sweep}**\n\n"
+            + _table(
+                [
+                    "net",
+                    "batch",
+                    "params",
+                    "value_and_grad us",
+                    "backprop us",
+                    "ratio",
+                    "grad only us",
+                    "loss + grad separately us",
+                    "NumPy us",
+                    "numerical (extrap.)",
+                    "compile s",
+                ],
+                table,
+            )
+        )
     n = section["numerical_small"]
-    parts.append(f"Numerical gradient measured on {n['architecture']} (batch {n['batch']}, "
-                 f"{n['parameters']:,} parameters): {n['numerical_grad']['median_s'] * 1e3:.1f} "
-                 f"ms per gradient, {n['seconds_per_parameter'] * 1e6:.1f} us per parameter "
-                 f"(compile {n['numerical_grad']['compile_s']:.1f} s apart). The sweep's "
-                 "'numerical' column is 2 x parameters x one jitted loss call.")
+    parts.append(
+        f"Numerical gradient measured on {n['architecture']} (batch {n['batch']}, "
+        f"{n['parameters']:,} parameters): {n['numerical_grad']['median_s'] * 1e3:.1f} "
+        f"ms per gradient, {n['seconds_per_parameter'] * 1e6:.1f} us per parameter "
+        f"(compile {n['numerical_grad']['compile_s']:.1f} s apart). The sweep's "
+        "'numerical' column is 2 x parameters x one jitted loss call."
+    )
     return "\n\n".join(parts)
 
 
@@ -130,12 +205,30 @@ def throughput_section(section: dict[str, Any]) -> str:
             if "epoch_s" not in row:
                 table.append([name, "skipped: " + row["skipped"], "", "", "", ""])
                 continue
-            table.append([name, f"{row['epoch_s']:.3f}", f"{row['examples_per_s']:,.0f}",
-                          f"{row['compile_s']:.2f}", f"{row['final_loss']:.3f}",
-                          f"{reference / row['epoch_s']:.2f}x" if reference else "-"])
-        parts.append(f"**{config['name']}** ({config['examples']:,} examples per epoch)\n\n"
-                     + _table(["implementation", "s / epoch", "examples / s", "compile s",
-                               "last loss", "speed vs torch eager"], table))
+            table.append(
+                [
+                    name,
+                    f"{row['epoch_s']:.3f}",
+                    f"{row['examples_per_s']:,.0f}",
+                    f"{row['compile_s']:.2f}",
+                    f"{row['final_loss']:.3f}",
+                    f"{reference / row['epoch_s']:.2f}x" if reference else "-",
+                ]
+            )
+        parts.append(
+            f"**{config['name']}** ({config['examples']:,} examples per epoch)\n\n"
+            + _table(
+                [
+                    "implementation",
+                    "s / epoch",
+                    "examples / s",
+                    "compile s",
+                    "last loss",
+                    "speed vs torch eager",
+                ],
+                table,
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -143,28 +236,61 @@ def limit_section(section: dict[str, Any], results_backend: str) -> str:
     p = section["peak"]
     notes = []
     if results_backend != "cpu":
-        notes.append("On a GPU, float32 products run at the default precision (TF32 on tensor "
-                     "cores), and a product at these small shapes takes a few microseconds, about "
-                     "one kernel launch: the per-product floor is then launch-bound and can exceed "
-                     "a fused epoch's time, so efficiencies above 100% mean the floor, not the "
-                     "epoch, is overhead-bound.")
-    parts = notes + ["Peak: " + ", ".join(f"{n}^3 {row['flop_per_s'] / 1e9:.1f} GFLOP/s"
-                                  for n, row in p["sizes"].items())
-             + f"; best {p['best_flop_per_s'] / 1e9:.1f} GFLOP/s."]
-    floor_rows = [[key, f"{f['step_floor_s'] * 1e3:.3f}", f"{f['step_flops'] / 1e6:.1f}",
-                   f"{f['step_flops'] / f['step_floor_s'] / 1e9:.1f}"]
-                  for key, f in section["floors"].items()]
-    parts.append(_table(["step", "matmul floor ms / step", "MFLOP / step",
-                         "GFLOP/s at own shapes"], floor_rows))
+        notes.append(
+            "On a GPU, float32 products run at the default precision (TF32 on tensor "
+            "cores), and a product at these small shapes takes a few microseconds, about "
+            "one kernel launch: the per-product floor is then launch-bound and can exceed "
+            "a fused epoch's time, so efficiencies above 100% mean the floor, not the "
+            "epoch, is overhead-bound."
+        )
+    parts = notes + [
+        "Peak: "
+        + ", ".join(f"{n}^3 {row['flop_per_s'] / 1e9:.1f} GFLOP/s" for n, row in p["sizes"].items())
+        + f"; best {p['best_flop_per_s'] / 1e9:.1f} GFLOP/s."
+    ]
+    floor_rows = [
+        [
+            key,
+            f"{f['step_floor_s'] * 1e3:.3f}",
+            f"{f['step_flops'] / 1e6:.1f}",
+            f"{f['step_flops'] / f['step_floor_s'] / 1e9:.1f}",
+        ]
+        for key, f in section["floors"].items()
+    ]
+    parts.append(
+        _table(
+            ["step", "matmul floor ms / step", "MFLOP / step", "GFLOP/s at own shapes"], floor_rows
+        )
+    )
     rows = []
     for config in section["efficiency"]:
         for name, row in config["implementations"].items():
-            rows.append([config["config"], name, f"{row['epoch_s']:.3f}", f"{row['floor_s']:.3f}",
-                         f"{row['efficiency']:.0%}", f"{row['model_flop_per_s'] / 1e9:.1f}",
-                         f"{row['fraction_of_peak']:.0%}"])
+            rows.append(
+                [
+                    config["config"],
+                    name,
+                    f"{row['epoch_s']:.3f}",
+                    f"{row['floor_s']:.3f}",
+                    f"{row['efficiency']:.0%}",
+                    f"{row['model_flop_per_s'] / 1e9:.1f}",
+                    f"{row['fraction_of_peak']:.0%}",
+                ]
+            )
     if rows:
-        parts.append(_table(["config", "implementation", "s / epoch", "floor s",
-                             "efficiency (floor / time)", "model GFLOP/s", "of peak"], rows))
+        parts.append(
+            _table(
+                [
+                    "config",
+                    "implementation",
+                    "s / epoch",
+                    "floor s",
+                    "efficiency (floor / time)",
+                    "model GFLOP/s",
+                    "of peak",
+                ],
+                rows,
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -175,28 +301,62 @@ def scaling_section(section: dict[str, Any], plot: str | None) -> str:
         for name, fit in fits.items():
             if fit:
                 at = f"{fit['crossover_at']:.0f}" if fit["crossover_at"] else "outside the sweep"
-                rows.append([sweep, name, _us(fit["overhead_s"]),
-                             f"{fit['flop_per_s'] / 1e9:.1f}", at])
+                rows.append(
+                    [sweep, name, _us(fit["overhead_s"]), f"{fit['flop_per_s'] / 1e9:.1f}", at]
+                )
     if rows:
-        parts.append(_table(["sweep", "implementation", "fixed overhead us",
-                             "GFLOP/s of the work term", "overhead = work at"], rows))
-    memory_rows = [[f"784-{r['width']}-{r['width']}-10", f"{r.get('parameters', 0):,}",
-                    f"{r.get('state_mib', 0):.1f}", f"{r.get('peak_rss_mib', 0):.0f}",
-                    f"{r['device_peak_mib']:.0f}" if r.get("device_peak_mib") else "-"]
-                   for r in section["memory"] if "error" not in r]
-    parts.append(_table(["net (Adam, batch 128)", "params", "params+grads+moments MiB",
-                         "peak RSS MiB", "device peak MiB"], memory_rows))
+        parts.append(
+            _table(
+                [
+                    "sweep",
+                    "implementation",
+                    "fixed overhead us",
+                    "GFLOP/s of the work term",
+                    "overhead = work at",
+                ],
+                rows,
+            )
+        )
+    memory_rows = [
+        [
+            f"784-{r['width']}-{r['width']}-10",
+            f"{r.get('parameters', 0):,}",
+            f"{r.get('state_mib', 0):.1f}",
+            f"{r.get('peak_rss_mib', 0):.0f}",
+            f"{r['device_peak_mib']:.0f}" if r.get("device_peak_mib") else "-",
+        ]
+        for r in section["memory"]
+        if "error" not in r
+    ]
+    parts.append(
+        _table(
+            [
+                "net (Adam, batch 128)",
+                "params",
+                "params+grads+moments MiB",
+                "peak RSS MiB",
+                "device peak MiB",
+            ],
+            memory_rows,
+        )
+    )
     if section.get("largest_device_width"):
         w = section["largest_device_width"]
         verified = w.get("largest_verified_width")
-        tried = ", ".join(f"{t['width']:,} {'fits' if t['fits'] else 'out of memory'}"
-                          for t in w.get("tries", []))
-        parts.append("Largest 784-W-W-10 width whose training (Adam, batch 128, plus a "
-                     f"60000 x 784 dataset) fits the device: {w['largest_width']:,} by a "
-                     "linear fit of peak bytes"
-                     f"  ({w['bytes_per_parameter']:.1f} bytes per parameter)"
-                     + (f"; verified by training: {verified:,} ({tried})." if verified else
-                        f"; trials: {tried or 'none'}."))
+        tried = ", ".join(
+            f"{t['width']:,} {'fits' if t['fits'] else 'out of memory'}" for t in w.get("tries", [])
+        )
+        parts.append(
+            "Largest 784-W-W-10 width whose training (Adam, batch 128, plus a "
+            f"60000 x 784 dataset) fits the device: {w['largest_width']:,} by a "
+            "linear fit of peak bytes"
+            f"  ({w['bytes_per_parameter']:.1f} bytes per parameter)"
+            + (
+                f"; verified by training: {verified:,} ({tried})."
+                if verified
+                else f"; trials: {tried or 'none'}."
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -213,10 +373,16 @@ def plot_scaling(results: dict[str, Any], path: Path) -> bool:
             axis.loglog(values, [row[name]["median_s"] * 1e6 for row in rows], "o-", label=name)
         fit = (crossover.get(sweep) or {}).get("autodiff")
         if fit and fit.get("crossover_at"):
-            axis.axvline(fit["crossover_at"], color="gray", linestyle="--",
-                         label="jax.grad: overhead = work")
-        axis.set_xlabel({"width": "hidden width (784-W-10)", "depth": "hidden layers of 256",
-                         "batch": "batch (784-256-256-10)"}[sweep])
+            axis.axvline(
+                fit["crossover_at"], color="gray", linestyle="--", label="jax.grad: overhead = work"
+            )
+        axis.set_xlabel(
+            {
+                "width": "hidden width (784-W-10)",
+                "depth": "hidden layers of 256",
+                "batch": "batch (784-256-256-10)",
+            }[sweep]
+        )
         axis.set_ylabel("us per gradient")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
@@ -251,27 +417,43 @@ def plot_throughput(results: dict[str, Any], path: Path) -> bool:
 def write(results: dict[str, Any], out: Path, stem: str) -> Path:
     """Write ``<stem>.md`` and its plots into ``out``; return the markdown's path."""
     s = results["sections"]
-    scaling_png = f"{stem}-scaling.png" if plot_scaling(results, out / f"{stem}-scaling.png") \
+    scaling_png = (
+        f"{stem}-scaling.png" if plot_scaling(results, out / f"{stem}-scaling.png") else None
+    )
+    throughput_png = (
+        f"{stem}-throughput.png"
+        if plot_throughput(results, out / f"{stem}-throughput.png")
         else None
-    throughput_png = f"{stem}-throughput.png" if plot_throughput(
-        results, out / f"{stem}-throughput.png") else None
+    )
     command = "python -m benchmarks" + (" --quick" if results["mode"] == "quick" else "")
-    parts = [f"# jaxmlp benchmarks: {stem}", f"Command: `{command}` (from the repository root). "
-             "Raw results: the JSON file of the same name.", "## Machine",
-             machine_section(results), "## Goals", goals_section(results)]
+    parts = [
+        f"# jaxmlp benchmarks: {stem}",
+        f"Command: `{command}` (from the repository root). "
+        "Raw results: the JSON file of the same name.",
+        "## Machine",
+        machine_section(results),
+        "## Goals",
+        goals_section(results),
+    ]
     if "correctness" in s:
-        parts += ["## 1. Gradient correctness (relative error per parameter, worst leaf)",
-                  correctness_section(s["correctness"])]
+        parts += [
+            "## 1. Gradient correctness (relative error per parameter, worst leaf)",
+            correctness_section(s["correctness"]),
+        ]
     if "gradient_speed" in s:
-        parts += ["## 2. Gradient speed (microseconds per gradient, median)",
-                  gradient_speed_section(s["gradient_speed"])]
+        parts += [
+            "## 2. Gradient speed (microseconds per gradient, median)",
+            gradient_speed_section(s["gradient_speed"]),
+        ]
     if "throughput" in s:
         parts += ["## 3. Training throughput (one epoch)", throughput_section(s["throughput"])]
         if throughput_png:
             parts.append(f"![throughput]({throughput_png})")
     if "limit" in s:
-        parts += ["## 4. The hardware's limit",
-                  limit_section(s["limit"], results["machine"]["backend"])]
+        parts += [
+            "## 4. The hardware's limit",
+            limit_section(s["limit"], results["machine"]["backend"]),
+        ]
     if "scaling" in s:
         parts += ["## 5. Scaling and memory", scaling_section(s["scaling"], scaling_png)]
     elif scaling_png:

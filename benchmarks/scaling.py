@@ -21,9 +21,11 @@ from benchmarks.common import Mode
 from benchmarks.environment import clean_environment
 
 IMPLEMENTATIONS = ("autodiff", "backprop", "numpy")
-SWEEP_KEYS = {"width": lambda row: int(row["architecture"].split("-")[1]),
-              "depth": lambda row: len(row["architecture"].split("-")) - 2,
-              "batch": lambda row: row["batch"]}
+SWEEP_KEYS = {
+    "width": lambda row: int(row["architecture"].split("-")[1]),
+    "depth": lambda row: len(row["architecture"].split("-")) - 2,
+    "batch": lambda row: row["batch"],
+}
 
 
 def fit_overhead(flops: np.ndarray, seconds: np.ndarray) -> dict[str, float] | None:
@@ -35,8 +37,11 @@ def fit_overhead(flops: np.ndarray, seconds: np.ndarray) -> dict[str, float] | N
     if inverse_rate <= 0:
         return None
     t0 = max(float(t0), 0.0)
-    return {"overhead_s": t0, "flop_per_s": 1.0 / float(inverse_rate),
-            "crossover_flops": t0 / float(inverse_rate)}
+    return {
+        "overhead_s": t0,
+        "flop_per_s": 1.0 / float(inverse_rate),
+        "crossover_flops": t0 / float(inverse_rate),
+    }
 
 
 def crossovers(gradient_speed: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +59,9 @@ def crossovers(gradient_speed: dict[str, Any]) -> dict[str, Any]:
             # The sweep value where the work term reaches the overhead (log-interpolated).
             crossing = None
             if flops[0] < fit["crossover_flops"] <= flops[-1]:
-                crossing = float(np.exp(np.interp(np.log(fit["crossover_flops"]), np.log(flops),
-                                                  np.log(values))))
+                crossing = float(
+                    np.exp(np.interp(np.log(fit["crossover_flops"]), np.log(flops), np.log(values)))
+                )
             result[sweep][name] = {**fit, "crossover_at": crossing}
     return result
 
@@ -63,8 +69,13 @@ def crossovers(gradient_speed: dict[str, Any]) -> dict[str, Any]:
 def probe(width: int, steps: int = 3) -> dict[str, Any]:
     """Run :mod:`benchmarks.memory_probe` in a fresh process (its own memory high-water mark)."""
     command = [sys.executable, "-m", "benchmarks.memory_probe", str(width), "128", str(steps)]
-    completed = subprocess.run(command, capture_output=True, text=True,
-                               env=clean_environment(dict(os.environ)), timeout=300)
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=clean_environment(dict(os.environ)),
+        timeout=300,
+    )
     if completed.returncode != 0:
         return {"width": width, "error": completed.stderr.strip().splitlines()[-1][-300:]}
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -76,8 +87,10 @@ def memory(mode: Mode) -> list[dict[str, Any]]:
     for width in widths:
         rows.append(probe(width))
         if "error" not in rows[-1]:
-            print(f"  memory 784-{width}-{width}-10: peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"  memory 784-{width}-{width}-10: peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
     return rows
 
 
@@ -88,8 +101,15 @@ def verify_width(estimate: dict[str, Any]) -> dict[str, Any]:
     for _ in range(4):
         row = probe(width, steps=2)
         fits = "error" not in row
-        tries.append({"width": width, "fits": fits, **({"device_peak_mib": row["device_peak_mib"]}
-                                                        if fits else {"error": row["error"]})})
+        tries.append(
+            {
+                "width": width,
+                "fits": fits,
+                **(
+                    {"device_peak_mib": row["device_peak_mib"]} if fits else {"error": row["error"]}
+                ),
+            }
+        )
         print(f"  width {width}: {'fits' if fits else 'out of memory'}", flush=True)
         if fits:
             return {"largest_verified_width": width, "tries": tries}
@@ -110,8 +130,12 @@ def largest_device_width(rows: list[dict[str, Any]], examples: int = 60_000) -> 
     # parameters(W) = W^2 + W * (784 + 1 + 10 + 1) + 10: solve for W.
     max_parameters = budget / slope
     width = int((-796 + np.sqrt(796**2 + 4 * (max_parameters - 10))) / 2)
-    return {"bytes_per_parameter": float(slope), "fixed_bytes": float(intercept),
-            "largest_width": width, "note": "extrapolated from the measured widths"}
+    return {
+        "bytes_per_parameter": float(slope),
+        "fixed_bytes": float(intercept),
+        "largest_width": width,
+        "note": "extrapolated from the measured widths",
+    }
 
 
 def run(mode: Mode, *, results: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
@@ -120,5 +144,8 @@ def run(mode: Mode, *, results: dict[str, Any] | None = None, **_: Any) -> dict[
     estimate = largest_device_width(rows)
     if estimate is not None and not mode.quick:
         estimate.update(verify_width(estimate))
-    return {"crossovers": crossovers(gradient_speed), "memory": rows,
-            "largest_device_width": estimate}
+    return {
+        "crossovers": crossovers(gradient_speed),
+        "memory": rows,
+        "largest_device_width": estimate,
+    }

@@ -37,17 +37,36 @@ LEARNING_RATES = {"adam": 1e-3, "sgd": 0.05}
 
 # (sizes, batch, optimizer, implementations); "scan*" expands to the scan variants.
 FULL_CONFIGS = [
-    ((784, 256, 256, 10), 128, "adam",
-     ["jaxmlp", "jaxmlp backprop", "scan*", "jit step loop", "numpy", "torch eager",
-      "torch.compile"]),
-    ((784, 1024, 1024, 10), 128, "sgd",
-     ["jaxmlp", "scan bare", "jit step loop", "numpy", "torch eager"]),
+    (
+        (784, 256, 256, 10),
+        128,
+        "adam",
+        [
+            "jaxmlp",
+            "jaxmlp backprop",
+            "scan*",
+            "jit step loop",
+            "numpy",
+            "torch eager",
+            "torch.compile",
+        ],
+    ),
+    (
+        (784, 1024, 1024, 10),
+        128,
+        "sgd",
+        ["jaxmlp", "scan bare", "jit step loop", "numpy", "torch eager"],
+    ),
     ((784, 1024, 1024, 10), 128, "adam", ["jaxmlp", "scan bare", "torch eager"]),
     ((784, 100, 10), 128, "sgd", ["jaxmlp", "scan bare", "jit step loop", "numpy", "torch eager"]),
 ]
 QUICK_CONFIGS = [
-    ((784, 256, 256, 10), 128, "adam",
-     ["jaxmlp", "scan bare", "jit step loop", "numpy", "torch eager"]),
+    (
+        (784, 256, 256, 10),
+        128,
+        "adam",
+        ["jaxmlp", "scan bare", "jit step loop", "numpy", "torch eager"],
+    ),
 ]
 
 # name -> (guard, accuracy, tail, gather): what the copy of the library's epoch keeps.
@@ -71,8 +90,15 @@ def _loss_logits(params, x, y, weights):
     return jaxmlp.cross_entropy(logits, y, weights=weights), logits
 
 
-def make_scan_epoch(optimizer: optax.GradientTransformation, batch_size: int, *, guard: str,
-                    accuracy: bool, tail: str, gather: str) -> Callable:
+def make_scan_epoch(
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    *,
+    guard: str,
+    accuracy: bool,
+    tail: str,
+    gather: str,
+) -> Callable:
     """A jitted epoch like ``jaxmlp.train_epoch`` with chosen extras.
 
     guard: ``cond`` keeps the old state when a step's loss or gradient is not finite (via
@@ -102,7 +128,8 @@ def make_scan_epoch(optimizer: optax.GradientTransformation, batch_size: int, *,
                 xb, yb = x[order[index]], y[order[index]]
             weights = valid[index] if tail == "pad" else None
             (loss, logits), grads = jax.value_and_grad(_loss_logits, has_aux=True)(
-                params, xb, yb, weights)
+                params, xb, yb, weights
+            )
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             new = (new_params, new_opt_state)
@@ -111,8 +138,9 @@ def make_scan_epoch(optimizer: optax.GradientTransformation, batch_size: int, *,
                 if guard == "cond":
                     new = jax.lax.cond(finite, lambda: new, lambda: (params, opt_state))
                 else:
-                    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new,
-                                       (params, opt_state))
+                    new = jax.tree.map(
+                        lambda a, b: jnp.where(finite, a, b), new, (params, opt_state)
+                    )
             outputs = {"loss": loss}
             if accuracy:
                 hits = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
@@ -147,8 +175,11 @@ def _time_epochs(run_epoch: Callable[[int], Any], repeats: int) -> dict[str, Any
 
 def _jaxmlp(sizes, batch, optimizer_name, x, y, repeats, gradient="autodiff"):
     state = jaxmlp.create_train_state(
-        jax.random.key(0), sizes, jaxmlp.optimizer(optimizer_name, LEARNING_RATES[optimizer_name]),
-        options=jaxmlp.ModelOptions(gradient=gradient))
+        jax.random.key(0),
+        sizes,
+        jaxmlp.optimizer(optimizer_name, LEARNING_RATES[optimizer_name]),
+        options=jaxmlp.ModelOptions(gradient=gradient),
+    )
     box = {"state": state}
 
     def run_epoch(_):
@@ -161,14 +192,16 @@ def _jaxmlp(sizes, batch, optimizer_name, x, y, repeats, gradient="autodiff"):
 def _scan(variant, sizes, batch, optimizer_name, x, y, repeats):
     guard, accuracy, tail, gather = SCAN_VARIANTS[variant]
     optimizer = jaxmlp.optimizer(optimizer_name, LEARNING_RATES[optimizer_name])
-    epoch = make_scan_epoch(optimizer, batch, guard=guard, accuracy=accuracy, tail=tail,
-                            gather=gather)
+    epoch = make_scan_epoch(
+        optimizer, batch, guard=guard, accuracy=accuracy, tail=tail, gather=gather
+    )
     params = jaxmlp.init_mlp(jax.random.key(0), sizes)
     box = {"params": params, "opt_state": optimizer.init(params)}
 
     def run_epoch(index):
-        box["params"], box["opt_state"], loss = epoch(box["params"], box["opt_state"],
-                                                      jax.random.key(index), x, y)
+        box["params"], box["opt_state"], loss = epoch(
+            box["params"], box["opt_state"], jax.random.key(index), x, y
+        )
         return jax.block_until_ready(loss)
 
     examples = x.shape[0] if tail == "pad" else (x.shape[0] // batch) * batch
@@ -193,9 +226,10 @@ def _step_loop(sizes, batch, optimizer_name, x_np, y_np, repeats):
         order = np.random.default_rng(index).permutation(x_np.shape[0])
         loss = None
         for i in range(steps):
-            rows = order[i * batch:(i + 1) * batch]
-            box["params"], box["opt_state"], loss = step(box["params"], box["opt_state"],
-                                                         x_np[rows], y_np[rows])
+            rows = order[i * batch : (i + 1) * batch]
+            box["params"], box["opt_state"], loss = step(
+                box["params"], box["opt_state"], x_np[rows], y_np[rows]
+            )
         return jax.block_until_ready(loss)
 
     return {**_time_epochs(run_epoch, repeats), "examples": steps * batch}
@@ -207,8 +241,15 @@ def _numpy(sizes, batch, optimizer_name, x_np, y_np, repeats):
 
     def run_epoch(index):
         return numpy_reference.train_epoch(
-            params, state, x_np, y_np, batch_size=batch, optimizer=optimizer_name,
-            learning_rate=LEARNING_RATES[optimizer_name], rng=np.random.default_rng(index))
+            params,
+            state,
+            x_np,
+            y_np,
+            batch_size=batch,
+            optimizer=optimizer_name,
+            learning_rate=LEARNING_RATES[optimizer_name],
+            rng=np.random.default_rng(index),
+        )
 
     return {**_time_epochs(run_epoch, repeats), "examples": x_np.shape[0]}
 
@@ -242,7 +283,7 @@ def _torch(sizes, batch, optimizer_name, x_np, y_np, repeats, compiled: bool):
         order = torch.randperm(n, generator=generator).to(device)
         loss = None
         for start in range(0, n, batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             loss = torch.nn.functional.cross_entropy(forward(x[rows]), y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -263,8 +304,9 @@ def _torch_available() -> bool:
     return True
 
 
-def run_config(sizes, batch, optimizer_name, implementations, mode: Mode,
-               use_torch: bool) -> dict[str, Any]:
+def run_config(
+    sizes, batch, optimizer_name, implementations, mode: Mode, use_torch: bool
+) -> dict[str, Any]:
     x_np, y_np = synthetic_mnist(mode.epoch_examples, sizes[0], sizes[-1], seed=3)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     big = step_flops(sizes, batch) > 5e8
@@ -287,11 +329,21 @@ def run_config(sizes, batch, optimizer_name, implementations, mode: Mode,
                 row = _numpy(sizes, batch, optimizer_name, x_np, y_np, repeats)
             elif name.startswith("torch"):
                 if not use_torch or not _torch_available():
-                    rows[name] = {"skipped": "PyTorch is not installed (pip install torch)"
-                                  if use_torch else "--no-torch"}
+                    rows[name] = {
+                        "skipped": "PyTorch is not installed (pip install torch)"
+                        if use_torch
+                        else "--no-torch"
+                    }
                     continue
-                row = _torch(sizes, batch, optimizer_name, x_np, y_np, repeats,
-                             compiled=name == "torch.compile")
+                row = _torch(
+                    sizes,
+                    batch,
+                    optimizer_name,
+                    x_np,
+                    y_np,
+                    repeats,
+                    compiled=name == "torch.compile",
+                )
             else:
                 raise ValueError(name)
         except Exception as error:  # a peer failing (e.g. no C++ compiler) must not stop the run
@@ -300,8 +352,11 @@ def run_config(sizes, batch, optimizer_name, implementations, mode: Mode,
             continue
         row["examples_per_s"] = row["examples"] / row["epoch_s"]
         rows[name] = row
-        print(f"    {name}: {row['epoch_s']:.3f} s/epoch, {row['examples_per_s']:,.0f} ex/s, "
-              f"compile {row['compile_s']:.2f} s", flush=True)
+        print(
+            f"    {name}: {row['epoch_s']:.3f} s/epoch, {row['examples_per_s']:,.0f} ex/s, "
+            f"compile {row['compile_s']:.2f} s",
+            flush=True,
+        )
     return {
         "name": config_name(sizes, batch, optimizer_name),
         "sizes": list(sizes),
@@ -327,6 +382,7 @@ def run(mode: Mode, *, use_torch: bool = True, **_: Any) -> dict[str, Any]:
         speedup = headline["torch eager"]["epoch_s"] / headline["jaxmlp"]["epoch_s"]
         goal.update(speedup_vs_torch_eager=speedup, met=speedup >= 2.5)
     if "epoch_s" in headline.get("torch.compile", {}):
-        goal["speedup_vs_torch_compile"] = (headline["torch.compile"]["epoch_s"]
-                                            / headline["jaxmlp"]["epoch_s"])
+        goal["speedup_vs_torch_compile"] = (
+            headline["torch.compile"]["epoch_s"] / headline["jaxmlp"]["epoch_s"]
+        )
     return {"configs": results, "goal_vs_torch": goal}

@@ -41,8 +41,13 @@ def load(name: str = "mnist", normalize: str = "unit", validation: int = 0):
 def environment() -> dict[str, Any]:
     """What the numbers were measured on, stored beside them."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -150,5 +155,10 @@ def smooth_curve(x: np.ndarray) -> np.ndarray:
 
 def mean_std(values) -> dict[str, float]:
     values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1
-            else 0.0, "min": float(values.min()), "max": float(values.max()), "n": int(values.size)}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "n": int(values.size),
+    }

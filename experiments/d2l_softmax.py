@@ -32,21 +32,44 @@ def main():
     for seed in seeds:
         init_key, train_key = jax.random.split(jax.random.key(seed))
         params = common.zero_biases(jaxmlp.init_mlp(init_key, SIZES, init="normal", scale=SCALE))
-        state = jaxmlp.create_train_state(train_key, SIZES, jaxmlp.optimizer("sgd", LR),
-                                          params=params)
+        state = jaxmlp.create_train_state(
+            train_key, SIZES, jaxmlp.optimizer("sgd", LR), params=params
+        )
         with common.timer() as t:
-            state, history = jaxmlp.fit(None, SIZES, ds.train.images, ds.train.labels,
-                                        optimizer=state.optimizer, epochs=epochs,
-                                        batch_size=BATCH, state=state, evaluate_train=True,
-                                        validation_data=(ds.test.images, ds.test.labels))
+            state, history = jaxmlp.fit(
+                None,
+                SIZES,
+                ds.train.images,
+                ds.train.labels,
+                optimizer=state.optimizer,
+                epochs=epochs,
+                batch_size=BATCH,
+                state=state,
+                evaluate_train=True,
+                validation_data=(ds.test.images, ds.test.labels),
+            )
         predicted = jaxmlp.predict(state.params, ds.test.images)
-        per_class = {ds.class_names[c]: float(np.mean(predicted[ds.test.labels == c] == c))
-                     for c in range(10)}
-        runs.append({"seed": seed, "history": history, "test_accuracy": history[-1][
-            "validation_accuracy"], "per_class_accuracy": per_class, "seconds": t["seconds"]})
-        print(f"seed {seed}: " + ", ".join(
-            f"epoch {h['epoch']} loss {h['loss']:.3f} train {h['train_accuracy']:.3f} "
-            f"test {h['validation_accuracy']:.3f}" for h in history))
+        per_class = {
+            ds.class_names[c]: float(np.mean(predicted[ds.test.labels == c] == c))
+            for c in range(10)
+        }
+        runs.append(
+            {
+                "seed": seed,
+                "history": history,
+                "test_accuracy": history[-1]["validation_accuracy"],
+                "per_class_accuracy": per_class,
+                "seconds": t["seconds"],
+            }
+        )
+        print(
+            f"seed {seed}: "
+            + ", ".join(
+                f"epoch {h['epoch']} loss {h['loss']:.3f} train {h['train_accuracy']:.3f} "
+                f"test {h['validation_accuracy']:.3f}"
+                for h in history
+            )
+        )
 
     plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -67,12 +90,26 @@ def main():
     fig.savefig(common.figure_path(name, args.out, args.quick))
     final = common.mean_std([run["test_accuracy"] for run in runs])
     print("test accuracy", final)
-    common.save(name, {
-        "config": {"sizes": SIZES, "init": "W ~ N(0, 0.01^2), b = 0", "lr": LR,
-                   "batch_size": BATCH, "epochs": epochs, "pixels": "x / 255", "seeds": seeds},
-        "reported": REPORTED, "test_accuracy": final,
-        "per_class_accuracy_mean": dict(zip(names, mean_class, strict=True)), "runs": runs,
-    }, args.out, args.quick)
+    common.save(
+        name,
+        {
+            "config": {
+                "sizes": SIZES,
+                "init": "W ~ N(0, 0.01^2), b = 0",
+                "lr": LR,
+                "batch_size": BATCH,
+                "epochs": epochs,
+                "pixels": "x / 255",
+                "seeds": seeds,
+            },
+            "reported": REPORTED,
+            "test_accuracy": final,
+            "per_class_accuracy_mean": dict(zip(names, mean_class, strict=True)),
+            "runs": runs,
+        },
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

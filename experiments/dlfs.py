@@ -82,10 +82,10 @@ def stack(states):
 
 def two_layer_net(ds, iterations: int, seed: int = 0) -> dict:
     init_key, train_key = jax.random.split(jax.random.key(seed))
-    params = common.zero_biases(jaxmlp.init_mlp(init_key, (784, 50, 10), init="normal",
-                                                scale=0.01))
-    state = jaxmlp.create_train_state(train_key, (784, 50, 10), jaxmlp.optimizer("sgd", 0.1),
-                                      params=params)
+    params = common.zero_biases(jaxmlp.init_mlp(init_key, (784, 50, 10), init="normal", scale=0.01))
+    state = jaxmlp.create_train_state(
+        train_key, (784, 50, 10), jaxmlp.optimizer("sgd", 0.1), params=params
+    )
     x, y = jnp.asarray(ds.train.images), jnp.asarray(ds.train.labels)
     history, done = [], 0
     losses = []
@@ -98,8 +98,7 @@ def two_layer_net(ds, iterations: int, seed: int = 0) -> dict:
             train = jaxmlp.evaluate(state.params, x, y)["accuracy"]
             test = jaxmlp.evaluate(state.params, ds.test.images, ds.test.labels)["accuracy"]
             history.append({"iteration": done, "train_accuracy": train, "test_accuracy": test})
-            print(f"iteration {done:5d}: train acc, test acc | {train:.4f}, {test:.4f}",
-                  flush=True)
+            print(f"iteration {done:5d}: train acc, test acc | {train:.4f}, {test:.4f}", flush=True)
     return {"history": history, "loss": np.concatenate(losses), "seconds": t["seconds"]}
 
 
@@ -115,8 +114,11 @@ def gradient_check(ds) -> dict:
     for dtype_name in ("float64", "float32"):
         with jax.enable_x64(dtype_name == "float64"):
             dtype = jnp.dtype(dtype_name)
-            p = common.zero_biases(jaxmlp.init_mlp(jax.random.key(0), (784, 50, 10),
-                                                   init="normal", scale=0.01, dtype=dtype))
+            p = common.zero_biases(
+                jaxmlp.init_mlp(
+                    jax.random.key(0), (784, 50, 10), init="normal", scale=0.01, dtype=dtype
+                )
+            )
             x = jnp.asarray(ds.train.images[:3], dtype)
             y = jnp.asarray(ds.train.labels[:3])
             t = jax.nn.one_hot(y, 10, dtype=dtype)
@@ -133,14 +135,20 @@ def gradient_check(ds) -> dict:
             numerical = jaxmlp.numerical_grad(ours, p, 1e-4)
             numerical_book = jaxmlp.numerical_grad(book, p, 1e-4)
             results[dtype_name] = {
-                "backprop vs numerical (book's loss with +1e-7)":
-                    flat(jaxmlp.grad_check(by_hand, numerical_book)),
+                "backprop vs numerical (book's loss with +1e-7)": flat(
+                    jaxmlp.grad_check(by_hand, numerical_book)
+                ),
                 "backprop vs numerical": flat(jaxmlp.grad_check(by_hand, numerical)),
                 "autodiff vs numerical": flat(jaxmlp.grad_check(autodiff, numerical)),
                 "autodiff vs backprop": flat(jaxmlp.grad_check(autodiff, by_hand)),
-                "mean |gradient|": {n: float(jnp.mean(jnp.abs(g))) for n, g in zip(
-                    names, [autodiff[0]["w"], autodiff[0]["b"], autodiff[1]["w"],
-                            autodiff[1]["b"]], strict=True)},
+                "mean |gradient|": {
+                    n: float(jnp.mean(jnp.abs(g)))
+                    for n, g in zip(
+                        names,
+                        [autodiff[0]["w"], autodiff[0]["b"], autodiff[1]["w"], autodiff[1]["b"]],
+                        strict=True,
+                    )
+                },
             }
     return results
 
@@ -149,12 +157,28 @@ def kink_fraction(ds, inits: int = 1000, h: float = 1e-4) -> dict:
     """How often a random TwoLayerNet init puts a hidden pre-activation of the 3 check images
     within h of ReLU's kink, where the central difference straddles it and is wrong."""
     x = jnp.asarray(ds.train.images[:3])
-    counts = np.array([
-        int(jnp.sum(jnp.abs(x @ jaxmlp.init_mlp(jax.random.key(s), (784, 50, 10), init="normal",
-                                                scale=0.01)[0]["w"]) < h))
-        for s in range(inits)])
-    return {"inits": inits, "h": h, "fraction_with_a_unit_within_h": float(np.mean(counts > 0)),
-            "mean_units_within_h": float(counts.mean())}
+    counts = np.array(
+        [
+            int(
+                jnp.sum(
+                    jnp.abs(
+                        x
+                        @ jaxmlp.init_mlp(
+                            jax.random.key(s), (784, 50, 10), init="normal", scale=0.01
+                        )[0]["w"]
+                    )
+                    < h
+                )
+            )
+            for s in range(inits)
+        ]
+    )
+    return {
+        "inits": inits,
+        "h": h,
+        "fraction_with_a_unit_within_h": float(np.mean(counts > 0)),
+        "mean_units_within_h": float(counts.mean()),
+    }
 
 
 def _ordered(values, report):
@@ -170,24 +194,38 @@ def optimizer_comparison(ds, seeds: list[int], iterations: int, out, quick) -> d
     results = {}
     for name, (kind, lr, hp) in OPTIMIZERS.items():
         optimizer = jaxmlp.optimizer(kind, lr, **hp)
-        states = stack([jaxmlp.create_train_state(jax.random.key(seed), sizes, optimizer,
-                                                  init="he") for seed in seeds])
-        run = jax.jit(jax.vmap(lambda s, x, y: sample_and_train(s, x, y, 128, iterations),
-                               in_axes=(0, None, None)))
+        states = stack(
+            [
+                jaxmlp.create_train_state(jax.random.key(seed), sizes, optimizer, init="he")
+                for seed in seeds
+            ]
+        )
+        run = jax.jit(
+            jax.vmap(
+                lambda s, x, y: sample_and_train(s, x, y, 128, iterations), in_axes=(0, None, None)
+            )
+        )
         with common.timer() as t:
             states, losses = common.block(run(states, x, y))
         losses = np.asarray(losses)
         at = min(1900, iterations - 1)
         results[name] = {
-            "optimizer": kind, "lr": lr, "hyperparameters": hp, "seeds": seeds,
-            "loss": losses, "loss_at_1900": common.mean_std(losses[:, at]),
+            "optimizer": kind,
+            "lr": lr,
+            "hyperparameters": hp,
+            "seeds": seeds,
+            "loss": losses,
+            "loss_at_1900": common.mean_std(losses[:, at]),
             "loss_at_1900_seed0": float(losses[0, at]),
             "smoothed_last_100_mean": common.mean_std(losses[:, -100:].mean(axis=1)),
             "seconds": t["seconds"],
         }
-        print(f"{name:9s} loss@{at}: seed0 {losses[0, at]:.3f}, mean {losses[:, at].mean():.3f} "
-              f"+- {losses[:, at].std(ddof=1) if len(seeds) > 1 else 0:.3f}; last-100 mean "
-              f"{losses[:, -100:].mean():.3f} ({t['seconds']:.0f} s)", flush=True)
+        print(
+            f"{name:9s} loss@{at}: seed0 {losses[0, at]:.3f}, mean {losses[:, at].mean():.3f} "
+            f"+- {losses[:, at].std(ddof=1) if len(seeds) > 1 else 0:.3f}; last-100 mean "
+            f"{losses[:, -100:].mean():.3f} ({t['seconds']:.0f} s)",
+            flush=True,
+        )
     return results
 
 
@@ -197,22 +235,29 @@ def plot(two, opt, path):
     its = [h["iteration"] for h in two["history"]]
     axes[0].plot(its, [h["train_accuracy"] for h in two["history"]], "o-", label="train acc")
     axes[0].plot(its, [h["test_accuracy"] for h in two["history"]], "s--", label="test acc")
-    axes[0].set(xlabel="iterations", ylabel="accuracy", ylim=(0, 1),
-                title="TwoLayerNet 784-50-10, SGD 0.1")
+    axes[0].set(
+        xlabel="iterations", ylabel="accuracy", ylim=(0, 1), title="TwoLayerNet 784-50-10, SGD 0.1"
+    )
     axes[0].legend(loc="lower right")
     markers = {"SGD": "o", "Momentum": "x", "AdaGrad": "s", "Adam": "D", "RMSprop": "v"}
     for name, r in opt.items():
         loss = np.asarray(r["loss"])
         steps = np.arange(loss.shape[1])
-        axes[1].plot(steps, common.smooth_curve(loss[0]), marker=markers[name], markevery=100,
-                     label=name)
+        axes[1].plot(
+            steps, common.smooth_curve(loss[0]), marker=markers[name], markevery=100, label=name
+        )
         mean = np.array([common.smooth_curve(run) for run in loss])
         axes[2].plot(steps, mean.mean(0), label=name)
-        axes[2].fill_between(steps, np.percentile(mean, 10, 0), np.percentile(mean, 90, 0),
-                             alpha=0.2)
+        axes[2].fill_between(
+            steps, np.percentile(mean, 10, 0), np.percentile(mean, 90, 0), alpha=0.2
+        )
     axes[1].set(xlabel="iterations", ylabel="loss", ylim=(0, 1), title="one run (seed 0)")
-    axes[2].set(xlabel="iterations", ylabel="loss", ylim=(0, 1),
-                title=f"mean and 10-90 % band over {loss.shape[0]} seeds")
+    axes[2].set(
+        xlabel="iterations",
+        ylabel="loss",
+        ylim=(0, 1),
+        title=f"mean and 10-90 % band over {loss.shape[0]} seeds",
+    )
     axes[1].legend()
     axes[2].legend()
     fig.tight_layout()
@@ -222,10 +267,14 @@ def plot(two, opt, path):
 
 def main():
     def extra(parser):
-        parser.add_argument("--seeds", type=int, default=10,
-                            help="seeds of the optimizer comparison")
-        parser.add_argument("--kinks-only", action="store_true",
-                            help="only count ReLU kinks within h of the gradient check's inputs")
+        parser.add_argument(
+            "--seeds", type=int, default=10, help="seeds of the optimizer comparison"
+        )
+        parser.add_argument(
+            "--kinks-only",
+            action="store_true",
+            help="only count ReLU kinks within h of the gradient check's inputs",
+        )
 
     args = common.arguments(__doc__.splitlines()[0], extra)
     name = "dlfs"
@@ -233,23 +282,36 @@ def main():
     if args.kinks_only:
         common.save("dlfs_kinks", kink_fraction(ds), args.out, args.quick)
         return
-    result: dict = {"reported": {"grad_check": BOOK_GRAD_CHECK, "loss_at_1900": BOOK_LOSS_1900,
-                                 "two_layer_net_test_accuracy": 0.97}}
+    result: dict = {
+        "reported": {
+            "grad_check": BOOK_GRAD_CHECK,
+            "loss_at_1900": BOOK_LOSS_1900,
+            "two_layer_net_test_accuracy": 0.97,
+        }
+    }
     with common.timer() as total:
         result["gradient_check"] = gradient_check(ds)
         for dtype, rows in result["gradient_check"].items():
             for row, values in rows.items():
-                print(dtype, f"{row:48s}",
-                      " ".join(f"{k} {v:.1e}" for k, v in values.items()), flush=True)
+                print(
+                    dtype,
+                    f"{row:48s}",
+                    " ".join(f"{k} {v:.1e}" for k, v in values.items()),
+                    flush=True,
+                )
         common.save(name, result, args.out, args.quick)
         result["two_layer_net"] = two_layer_net(ds, 1200 if args.quick else 10000)
         common.save(name, result, args.out, args.quick)
         seeds = list(range(2 if args.quick else args.seeds))
         result["optimizer_comparison"] = optimizer_comparison(
-            ds, seeds, 200 if args.quick else 2000, args.out, args.quick)
+            ds, seeds, 200 if args.quick else 2000, args.out, args.quick
+        )
     result["wall_seconds"] = total["seconds"]
-    plot(result["two_layer_net"], result["optimizer_comparison"],
-         common.figure_path(name, args.out, args.quick))
+    plot(
+        result["two_layer_net"],
+        result["optimizer_comparison"],
+        common.figure_path(name, args.out, args.quick),
+    )
     common.save(name, result, args.out, args.quick)
 
 

@@ -41,8 +41,9 @@ def seeds_case(ds, n_seeds: int, steps: int) -> dict:
     x, y = jnp.asarray(ds.train.images), jnp.asarray(ds.train.labels)
     optimizer = jaxmlp.optimizer("adam", 1e-3, eps=1e-7)
     sizes = (784, 100, 100, 100, 100, 10)
-    states = [jaxmlp.create_train_state(jax.random.key(s), sizes, optimizer)
-              for s in range(n_seeds)]
+    states = [
+        jaxmlp.create_train_state(jax.random.key(s), sizes, optimizer) for s in range(n_seeds)
+    ]
 
     def one(state, x, y):
         return dlfs.sample_and_train(state, x, y, 128, steps)
@@ -54,13 +55,19 @@ def seeds_case(ds, n_seeds: int, steps: int) -> dict:
     sequential = [common.block(compiled(s, x, y))[1] for s in states]
     sequential_run = time.perf_counter() - start
     (_, vmapped), vmap_compile, vmap_run = _timed(
-        jax.vmap(one, in_axes=(0, None, None)), dlfs.stack(states), x, y)
+        jax.vmap(one, in_axes=(0, None, None)), dlfs.stack(states), x, y
+    )
     difference = float(np.max(np.abs(np.asarray(vmapped) - np.stack(sequential))))
-    return {"models": n_seeds, "steps": steps, "batch_size": 128, "network": sizes,
-            "sequential": {"compile_seconds": sequential_compile, "run_seconds": sequential_run},
-            "vmapped": {"compile_seconds": vmap_compile, "run_seconds": vmap_run},
-            "max_abs_loss_difference": difference,
-            "final_loss_mean": float(np.asarray(vmapped)[:, -100:].mean())}
+    return {
+        "models": n_seeds,
+        "steps": steps,
+        "batch_size": 128,
+        "network": sizes,
+        "sequential": {"compile_seconds": sequential_compile, "run_seconds": sequential_run},
+        "vmapped": {"compile_seconds": vmap_compile, "run_seconds": vmap_run},
+        "max_abs_loss_difference": difference,
+        "final_loss_mean": float(np.asarray(vmapped)[:, -100:].mean()),
+    }
 
 
 def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
@@ -75,8 +82,9 @@ def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
         return state.replace(opt_state=opt_state)
 
     states = [state_for(lr) for lr in learning_rates]
-    epoch = functools.partial(jaxmlp.training._train_epoch, batch_size=100, progress=None,
-                              progress_every=50)
+    epoch = functools.partial(
+        jaxmlp.training._train_epoch, batch_size=100, progress=None, progress_every=50
+    )
 
     def train(state, x, y):
         losses = []
@@ -92,23 +100,37 @@ def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
     sequential = [common.block(compiled(s, x, y)) for s in states]
     sequential_run = time.perf_counter() - start
     (final, losses), vmap_compile, vmap_run = _timed(
-        jax.vmap(train, in_axes=(0, None, None)), dlfs.stack(states), x, y)
-    difference = float(max(
-        np.max(np.abs(np.asarray(a) - np.asarray(b)))
-        for s, i in zip(sequential, range(len(states)), strict=True)
-        for a, b in zip(jax.tree.leaves(s[0].params),
-                        jax.tree.leaves(jax.tree.map(lambda leaf, i=i: leaf[i], final.params)),
-                        strict=True)))
-    evaluate = jax.vmap(lambda p: jaxmlp.training._evaluate(
-        p, jnp.asarray(ds.test.images), jnp.asarray(ds.test.labels), final.options, 2000))
+        jax.vmap(train, in_axes=(0, None, None)), dlfs.stack(states), x, y
+    )
+    difference = float(
+        max(
+            np.max(np.abs(np.asarray(a) - np.asarray(b)))
+            for s, i in zip(sequential, range(len(states)), strict=True)
+            for a, b in zip(
+                jax.tree.leaves(s[0].params),
+                jax.tree.leaves(jax.tree.map(lambda leaf, i=i: leaf[i], final.params)),
+                strict=True,
+            )
+        )
+    )
+    evaluate = jax.vmap(
+        lambda p: jaxmlp.training._evaluate(
+            p, jnp.asarray(ds.test.images), jnp.asarray(ds.test.labels), final.options, 2000
+        )
+    )
     test = evaluate(final.params)
-    return {"models": len(learning_rates), "epochs": epochs, "batch_size": 100, "network": sizes,
-            "learning_rates": list(learning_rates),
-            "test_accuracy": np.asarray(test["accuracy"]),
-            "train_loss_per_epoch": np.asarray(losses),
-            "sequential": {"compile_seconds": sequential_compile, "run_seconds": sequential_run},
-            "vmapped": {"compile_seconds": vmap_compile, "run_seconds": vmap_run},
-            "max_abs_parameter_difference": difference}
+    return {
+        "models": len(learning_rates),
+        "epochs": epochs,
+        "batch_size": 100,
+        "network": sizes,
+        "learning_rates": list(learning_rates),
+        "test_accuracy": np.asarray(test["accuracy"]),
+        "train_loss_per_epoch": np.asarray(losses),
+        "sequential": {"compile_seconds": sequential_compile, "run_seconds": sequential_run},
+        "vmapped": {"compile_seconds": vmap_compile, "run_seconds": vmap_run},
+        "max_abs_parameter_difference": difference,
+    }
 
 
 def main():
@@ -125,19 +147,27 @@ def main():
 
     plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{result['seeds']['models']} seeds\n(Adam, {result['seeds']['steps']} steps)",
-              f"{len(rates)} learning rates\n(SGD, {result['learning_rates']['epochs']} epochs)"]
+    labels = [
+        f"{result['seeds']['models']} seeds\n(Adam, {result['seeds']['steps']} steps)",
+        f"{len(rates)} learning rates\n(SGD, {result['learning_rates']['epochs']} epochs)",
+    ]
     for offset, mode in ((-0.2, "sequential"), (0.2, "vmapped")):
-        axes[0].bar(np.arange(2) + offset,
-                    [result[c][mode]["run_seconds"] for c in ("seeds", "learning_rates")], 0.4,
-                    label=f"{mode} (run)")
+        axes[0].bar(
+            np.arange(2) + offset,
+            [result[c][mode]["run_seconds"] for c in ("seeds", "learning_rates")],
+            0.4,
+            label=f"{mode} (run)",
+        )
     axes[0].set_xticks(np.arange(2), labels)
     axes[0].set(ylabel="wall seconds (compile excluded)")
     axes[0].legend()
     lr = result["learning_rates"]
     axes[1].semilogx(lr["learning_rates"], lr["test_accuracy"], "o-")
-    axes[1].set(xlabel="learning rate", ylabel="test accuracy",
-                title="SGD learning-rate sweep, 784-100-10, one vmapped program")
+    axes[1].set(
+        xlabel="learning rate",
+        ylabel="test accuracy",
+        title="SGD learning-rate sweep, 784-100-10, one vmapped program",
+    )
     fig.tight_layout()
     fig.savefig(common.figure_path(name, args.out, quick))
 

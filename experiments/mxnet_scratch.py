@@ -39,37 +39,74 @@ def main():
     for seed in seeds:
         with common.timer() as t:
             state, history = jaxmlp.fit(
-                jax.random.key(seed), SIZES, x, y, optimizer=jaxmlp.optimizer("sgd", LR),
-                epochs=epochs, batch_size=BATCH, init="normal", scale=SCALE, activation="relu",
-                validation_data=(ds.test.images, ds.test.labels))
+                jax.random.key(seed),
+                SIZES,
+                x,
+                y,
+                optimizer=jaxmlp.optimizer("sgd", LR),
+                epochs=epochs,
+                batch_size=BATCH,
+                init="normal",
+                scale=SCALE,
+                activation="relu",
+                validation_data=(ds.test.images, ds.test.labels),
+            )
         test = jaxmlp.evaluate(state.params, ds.test.images, ds.test.labels)
         runs.append({"seed": seed, "history": history, "test": test, "seconds": t["seconds"]})
         for h in history:
-            print(f"seed {seed} Epoch {h['epoch'] - 1}. Loss: {h['loss']:.6f}, "
-                  f"Train_acc {h['train_accuracy']:.4f}, Test_acc {h['validation_accuracy']:.4f}")
+            print(
+                f"seed {seed} Epoch {h['epoch'] - 1}. Loss: {h['loss']:.6f}, "
+                f"Train_acc {h['train_accuracy']:.4f}, Test_acc {h['validation_accuracy']:.4f}"
+            )
 
     plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for run in runs:
         epochs_axis = [h["epoch"] for h in run["history"]]
-        axes[0].plot(epochs_axis, [h["loss"] for h in run["history"]], marker="o",
-                     label=f"seed {run['seed']}")
-        axes[1].plot(epochs_axis, [h["validation_accuracy"] for h in run["history"]], marker="o",
-                     label=f"seed {run['seed']}")
-    axes[0].set(xlabel="epoch", ylabel="average training loss", yscale="log",
-                title="784-256-256-10, N(0, 0.01^2) init, SGD")
+        axes[0].plot(
+            epochs_axis,
+            [h["loss"] for h in run["history"]],
+            marker="o",
+            label=f"seed {run['seed']}",
+        )
+        axes[1].plot(
+            epochs_axis,
+            [h["validation_accuracy"] for h in run["history"]],
+            marker="o",
+            label=f"seed {run['seed']}",
+        )
+    axes[0].set(
+        xlabel="epoch",
+        ylabel="average training loss",
+        yscale="log",
+        title="784-256-256-10, N(0, 0.01^2) init, SGD",
+    )
     axes[1].set(xlabel="epoch", ylabel="test accuracy")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(common.figure_path(name, args.out, args.quick))
     accuracies = [run["test"]["accuracy"] for run in runs]
     print("test accuracy", common.mean_std(accuracies))
-    common.save(name, {
-        "config": {"sizes": SIZES, "activation": "relu", "init": "N(0, 0.01^2) weights and biases",
-                   "lr_summed": LR_SUM, "lr_mean": LR, "batch_size": BATCH, "epochs": epochs,
-                   "pixels": "x / 255", "seeds": seeds},
-        "runs": runs, "test_accuracy": common.mean_std(accuracies),
-    }, args.out, args.quick)
+    common.save(
+        name,
+        {
+            "config": {
+                "sizes": SIZES,
+                "activation": "relu",
+                "init": "N(0, 0.01^2) weights and biases",
+                "lr_summed": LR_SUM,
+                "lr_mean": LR,
+                "batch_size": BATCH,
+                "epochs": epochs,
+                "pixels": "x / 255",
+                "seeds": seeds,
+            },
+            "runs": runs,
+            "test_accuracy": common.mean_std(accuracies),
+        },
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

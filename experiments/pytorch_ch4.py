@@ -26,8 +26,15 @@ import numpy as np
 import jaxmlp
 from experiments import common
 
-REPORTED = {"base": 9057, "extra_layer": 9069, "width_512": 9076, "relu_instead_of_dropout": 9109,
-            "dropout_0.5": 9034, "epochs_10": 9165, "fashion_mnist": 8100}
+REPORTED = {
+    "base": 9057,
+    "extra_layer": 9069,
+    "width_512": 9076,
+    "relu_instead_of_dropout": 9109,
+    "dropout_0.5": 9034,
+    "epochs_10": 9165,
+    "fashion_mnist": 8100,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,36 +61,54 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
     r = dataclasses.replace
     tables = {
         "text": {
-            "base": b, "base seed 1": r(b, seed=1),
-            "extra_layer": r(b, hidden=(256, 256)), "width_512": r(b, hidden=(512,)),
+            "base": b,
+            "base seed 1": r(b, seed=1),
+            "extra_layer": r(b, hidden=(256, 256)),
+            "width_512": r(b, hidden=(512,)),
             "relu_instead_of_dropout": r(b, activation="relu", dropout=0.0),
-            "dropout_0.5": r(b, dropout=0.5), "epochs_10": r(b, epochs=10),
+            "dropout_0.5": r(b, dropout=0.5),
+            "epochs_10": r(b, epochs=10),
             "fashion_mnist": r(b, dataset="fashion_mnist"),
             "standardized": r(b, normalize="standard"),
         },
-        "choice": {f"{o} lr {lr} batch {batch}": r(b, optimizer=o, lr=lr, batch=batch)
-                   for o, lr in (("sgd", 0.01), ("sgd", 0.1), ("adam", 0.001))
-                   for batch in (64, 256) if (o, batch) != ("sgd", 256) or lr == 0.01},
+        "choice": {
+            f"{o} lr {lr} batch {batch}": r(b, optimizer=o, lr=lr, batch=batch)
+            for o, lr in (("sgd", 0.01), ("sgd", 0.1), ("adam", 0.001))
+            for batch in (64, 256)
+            if (o, batch) != ("sgd", 256) or lr == 0.01
+        },
         "activation": {
             "identity + dropout 0.2 (text)": b,
             "identity, no dropout": r(b, dropout=0.0),
             "relu, no dropout (text's variant)": r(b, activation="relu", dropout=0.0),
             "relu + dropout 0.2 (ReLU added)": r(b, activation="relu"),
         },
-        "depth": {f"{n} hidden, {act}": r(b, hidden=(256,) * n, activation=act)
-                  for act in ("identity", "relu") for n in (1, 2)},
+        "depth": {
+            f"{n} hidden, {act}": r(b, hidden=(256,) * n, activation=act)
+            for act in ("identity", "relu")
+            for n in (1, 2)
+        },
         "width": {f"width {w}": r(b, hidden=(w,)) for w in (256, 512, 1024)},
         "dropout": {f"dropout {p}": r(b, dropout=p) for p in (0.0, 0.2, 0.5, 0.8)},
-        "loss": {"softmax cross-entropy": b,
-                 "sigmoid units, logistic cost": r(b, output="sigmoid")},
-        "epochs": {"identity + dropout 0.2, 10 epochs": r(b, epochs=10),
-                   "relu + dropout 0.2, adam, 15 epochs": r(b, activation="relu", epochs=15,
-                                                             optimizer="adam", lr=0.001)},
-        "datasets": {f"{d}, {act}, dropout {drop}": r(b, dataset=d, activation=act, dropout=drop)
-                     for d in ("mnist", "fashion_mnist")
-                     for act, drop in (("identity", 0.2), ("relu", 0.2))},
-        "optimizer": {f"{o} lr {lr}": r(b, optimizer=o, lr=lr) for o, lr in (
-            ("sgd", 0.01), ("sgd", 0.1), ("momentum", 0.01), ("adam", 0.001))},
+        "loss": {
+            "softmax cross-entropy": b,
+            "sigmoid units, logistic cost": r(b, output="sigmoid"),
+        },
+        "epochs": {
+            "identity + dropout 0.2, 10 epochs": r(b, epochs=10),
+            "relu + dropout 0.2, adam, 15 epochs": r(
+                b, activation="relu", epochs=15, optimizer="adam", lr=0.001
+            ),
+        },
+        "datasets": {
+            f"{d}, {act}, dropout {drop}": r(b, dataset=d, activation=act, dropout=drop)
+            for d in ("mnist", "fashion_mnist")
+            for act, drop in (("identity", 0.2), ("relu", 0.2))
+        },
+        "optimizer": {
+            f"{o} lr {lr}": r(b, optimizer=o, lr=lr)
+            for o, lr in (("sgd", 0.01), ("sgd", 0.1), ("momentum", 0.01), ("adam", 0.001))
+        },
     }
     if quick:
         tables = {"text": {"base": r(b, epochs=1)}}
@@ -92,31 +117,49 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
 
 def run(config: Config, data: dict) -> dict:
     """Train one configuration; test accuracy and loss after every epoch, and per class."""
-    ds = data.setdefault((config.dataset, config.normalize),
-                         common.load(config.dataset, normalize=config.normalize))
+    ds = data.setdefault(
+        (config.dataset, config.normalize), common.load(config.dataset, normalize=config.normalize)
+    )
     sizes = (784, *config.hidden, 10)
     with common.timer() as t:
         state, history = jaxmlp.fit(
-            jax.random.key(config.seed), sizes, ds.train.images, ds.train.labels,
-            optimizer=jaxmlp.optimizer(config.optimizer, config.lr), epochs=config.epochs,
-            batch_size=config.batch, init="glorot", activation=config.activation,
-            dropout_rate=config.dropout, output=config.output,
-            validation_data=(ds.test.images, ds.test.labels))
+            jax.random.key(config.seed),
+            sizes,
+            ds.train.images,
+            ds.train.labels,
+            optimizer=jaxmlp.optimizer(config.optimizer, config.lr),
+            epochs=config.epochs,
+            batch_size=config.batch,
+            init="glorot",
+            activation=config.activation,
+            dropout_rate=config.dropout,
+            output=config.output,
+            validation_data=(ds.test.images, ds.test.labels),
+        )
     options = state.options
     test = jaxmlp.evaluate(state.params, ds.test.images, ds.test.labels, options=options)
     # Scoring all 60000 training images costs as much as an epoch: only for the long runs.
-    train = (jaxmlp.evaluate(state.params, ds.train.images, ds.train.labels, options=options)
-             if config.epochs > 10 else {"accuracy": None, "loss": None})
+    train = (
+        jaxmlp.evaluate(state.params, ds.train.images, ds.train.labels, options=options)
+        if config.epochs > 10
+        else {"accuracy": None, "loss": None}
+    )
     predicted = jaxmlp.predict(state.params, ds.test.images, activation=config.activation)
     per_class = [float(np.mean(predicted[ds.test.labels == c] == c)) for c in range(10)]
-    return {"config": dataclasses.asdict(config), "test_loss": test["loss"],
-            "test_correct": test["correct"], "test_accuracy": test["accuracy"],
-            "train_accuracy": train["accuracy"], "train_loss": train["loss"],
-            "worst_class": int(np.argmin(per_class)), "worst_class_accuracy": min(per_class),
-            "test_accuracy_per_epoch": [h["validation_accuracy"] for h in history],
-            "train_loss_per_epoch": [h["loss"] for h in history],
-            "running_train_accuracy_per_epoch": [h["train_accuracy"] for h in history],
-            "seconds": t["seconds"]}
+    return {
+        "config": dataclasses.asdict(config),
+        "test_loss": test["loss"],
+        "test_correct": test["correct"],
+        "test_accuracy": test["accuracy"],
+        "train_accuracy": train["accuracy"],
+        "train_loss": train["loss"],
+        "worst_class": int(np.argmin(per_class)),
+        "worst_class_accuracy": min(per_class),
+        "test_accuracy_per_epoch": [h["validation_accuracy"] for h in history],
+        "train_loss_per_epoch": [h["loss"] for h in history],
+        "running_train_accuracy_per_epoch": [h["train_accuracy"] for h in history],
+        "seconds": t["seconds"],
+    }
 
 
 def plot(results: dict, path):
@@ -153,8 +196,12 @@ def main():
     args = common.arguments(__doc__.splitlines()[0])
     name = "pytorch_ch4"
     tables = plan(args.quick)
-    results: dict = {"reported": REPORTED, "base_choice": dataclasses.asdict(BASE),
-                     "tables": {}, "runs": {}}
+    results: dict = {
+        "reported": REPORTED,
+        "base_choice": dataclasses.asdict(BASE),
+        "tables": {},
+        "runs": {},
+    }
     data: dict = {}
     done: dict[Config, str] = {}
     with common.timer() as total:
@@ -167,9 +214,11 @@ def main():
                     results["runs"][key] = run(config, data)
                     done[config] = key
                     r = results["runs"][key]
-                    print(f"{key:55s} test {r['test_correct']:5d} loss {r['test_loss']:.4f} "
-                          f"train loss {r['train_loss_per_epoch'][-1]:.4f} ({r['seconds']:.0f} s)",
-                          flush=True)
+                    print(
+                        f"{key:55s} test {r['test_correct']:5d} loss {r['test_loss']:.4f} "
+                        f"train loss {r['train_loss_per_epoch'][-1]:.4f} ({r['seconds']:.0f} s)",
+                        flush=True,
+                    )
                 results["tables"][table][row] = key
             # Partial results survive an interrupted run.
             results["wall_seconds"] = total["seconds"] if "seconds" in total else None

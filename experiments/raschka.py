@@ -91,8 +91,10 @@ def text_epoch_orders(rng: np.random.RandomState, n: int, epochs: int, batch=BAT
 
 
 def to_jaxmlp(p: dict, dtype=jnp.float32):
-    return [{"w": jnp.asarray(p["w_h"], dtype), "b": jnp.asarray(p["b_h"], dtype)},
-            {"w": jnp.asarray(p["w_out"], dtype), "b": jnp.asarray(p["b_out"], dtype)}]
+    return [
+        {"w": jnp.asarray(p["w_h"], dtype), "b": jnp.asarray(p["b_h"], dtype)},
+        {"w": jnp.asarray(p["w_out"], dtype), "b": jnp.asarray(p["b_out"], dtype)},
+    ]
 
 
 def text_cost(params, x, y, l2=L2_TEXT) -> float:
@@ -116,23 +118,34 @@ def prove_translation(x: np.ndarray, y: np.ndarray, steps: int = 20, dtype=jnp.f
     text = text_init(rng, x.shape[1])
     order = next(text_epoch_orders(rng, x.shape[0], 1))[:steps]
     y_enc = np.eye(10)[y]
-    state = jaxmlp.create_train_state(jax.random.key(0), SIZES, jaxmlp.optimizer("sgd", LR),
-                                      options=OPTIONS, params=to_jaxmlp(text, dtype))
+    state = jaxmlp.create_train_state(
+        jax.random.key(0),
+        SIZES,
+        jaxmlp.optimizer("sgd", LR),
+        options=OPTIONS,
+        params=to_jaxmlp(text, dtype),
+    )
     xj, yj = jnp.asarray(x, dtype), jnp.asarray(y)
     differences = []
     for batch in order:
         text = text_step(text, x[batch].astype(np.float64), y_enc[batch])
         state, _ = jaxmlp.train_step(state, xj[batch], yj[batch])
         ours = state.params
-        differences.append(max(
-            float(np.max(np.abs(np.asarray(ours[0]["w"]) - text["w_h"]))),
-            float(np.max(np.abs(np.asarray(ours[0]["b"]) - text["b_h"]))),
-            float(np.max(np.abs(np.asarray(ours[1]["w"]) - text["w_out"]))),
-            float(np.max(np.abs(np.asarray(ours[1]["b"]) - text["b_out"]))),
-        ))
+        differences.append(
+            max(
+                float(np.max(np.abs(np.asarray(ours[0]["w"]) - text["w_h"]))),
+                float(np.max(np.abs(np.asarray(ours[0]["b"]) - text["b_h"]))),
+                float(np.max(np.abs(np.asarray(ours[1]["w"]) - text["w_out"]))),
+                float(np.max(np.abs(np.asarray(ours[1]["b"]) - text["b_out"]))),
+            )
+        )
     moved = float(np.max(np.abs(text["w_h"] - text_init(np.random.RandomState(SEED))["w_h"])))
-    return {"steps": steps, "dtype": str(jnp.dtype(dtype)), "max_abs_difference": differences,
-            "max_abs_change_of_w_h": moved}
+    return {
+        "steps": steps,
+        "dtype": str(jnp.dtype(dtype)),
+        "max_abs_difference": differences,
+        "max_abs_change_of_w_h": moved,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +155,7 @@ def prove_translation(x: np.ndarray, y: np.ndarray, steps: int = 20, dtype=jnp.f
 @jax.jit
 def _epoch(state, images, labels, order):
     """One epoch on the text's minibatch order: ``jaxmlp.train_step`` inside ``lax.scan``."""
+
     def body(state, batch):
         state, metrics = jaxmlp.train_step(state, images[batch], labels[batch])
         return state, metrics["loss"]
@@ -152,27 +166,34 @@ def _epoch(state, images, labels, order):
 def train(ds, epochs: int) -> tuple[list, list[dict], float]:
     rng = np.random.RandomState(SEED)
     params = to_jaxmlp(text_init(rng))
-    state = jaxmlp.create_train_state(jax.random.key(SEED), SIZES, jaxmlp.optimizer("sgd", LR),
-                                      options=OPTIONS, params=params)
+    state = jaxmlp.create_train_state(
+        jax.random.key(SEED), SIZES, jaxmlp.optimizer("sgd", LR), options=OPTIONS, params=params
+    )
     x, y = jnp.asarray(ds.train.images), jnp.asarray(ds.train.labels)
     history = []
     start = time.perf_counter()
     for epoch, order in enumerate(text_epoch_orders(rng, x.shape[0], epochs), start=1):
         state, _ = _epoch(state, x, y, jnp.asarray(order))
         train = jaxmlp.evaluate(state.params, x, y, options=OPTIONS)
-        valid = jaxmlp.evaluate(state.params, ds.validation.images, ds.validation.labels,
-                                options=OPTIONS)
-        history.append({
-            "epoch": epoch,
-            "cost": text_cost(state.params, x, y),
-            "train_accuracy": train["accuracy"],
-            "validation_accuracy": valid["accuracy"],
-            "seconds": time.perf_counter() - start,
-        })
+        valid = jaxmlp.evaluate(
+            state.params, ds.validation.images, ds.validation.labels, options=OPTIONS
+        )
+        history.append(
+            {
+                "epoch": epoch,
+                "cost": text_cost(state.params, x, y),
+                "train_accuracy": train["accuracy"],
+                "validation_accuracy": valid["accuracy"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
         if epoch % 10 == 0 or epoch == epochs:
             h = history[-1]
-            print(f"{epoch:03d}/{epochs} cost {h['cost']:.2f} train {h['train_accuracy']:.4f} "
-                  f"valid {h['validation_accuracy']:.4f} ({h['seconds']:.0f} s)", flush=True)
+            print(
+                f"{epoch:03d}/{epochs} cost {h['cost']:.2f} train {h['train_accuracy']:.4f} "
+                f"valid {h['validation_accuracy']:.4f} ({h['seconds']:.0f} s)",
+                flush=True,
+            )
     return state.params, history, time.perf_counter() - start
 
 
@@ -209,31 +230,58 @@ def main():
     name = "raschka"
     ds = common.load("mnist", normalize="symmetric", validation=5000)
     with jax.enable_x64(True):
-        proof64 = prove_translation(ds.train.images, ds.train.labels, steps=20,
-                                    dtype=jnp.float64)
+        proof64 = prove_translation(ds.train.images, ds.train.labels, steps=20, dtype=jnp.float64)
     proof32 = prove_translation(ds.train.images, ds.train.labels, steps=20, dtype=jnp.float32)
-    print(f"translation proof: float64 max difference {max(proof64['max_abs_difference']):.2e}, "
-          f"float32 {max(proof32['max_abs_difference']):.2e}")
+    print(
+        f"translation proof: float64 max difference {max(proof64['max_abs_difference']):.2e}, "
+        f"float32 {max(proof32['max_abs_difference']):.2e}"
+    )
     epochs = 3 if args.quick else EPOCHS
     params, history, seconds = train(ds, epochs)
     test = jaxmlp.evaluate(params, ds.test.images, ds.test.labels, options=OPTIONS)
-    wrong = plot(history, params, ds,
-                 lambda suffix: common.figure_path(name, args.out, args.quick, suffix), name)
-    final = {"train_accuracy": history[-1]["train_accuracy"],
-             "validation_accuracy": history[-1]["validation_accuracy"],
-             "test_accuracy": test["accuracy"], "test_correct": test["correct"]}
+    wrong = plot(
+        history,
+        params,
+        ds,
+        lambda suffix: common.figure_path(name, args.out, args.quick, suffix),
+        name,
+    )
+    final = {
+        "train_accuracy": history[-1]["train_accuracy"],
+        "validation_accuracy": history[-1]["validation_accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_correct": test["correct"],
+    }
     print("final", final, f"{seconds:.0f} s")
-    common.save(name, {
-        "config": {"sizes": SIZES, "activation": "sigmoid", "output": "sigmoid (logistic cost)",
-                   "init": "N(0, 0.1^2) weights from RandomState(1), zero biases",
-                   "eta_summed": ETA, "l2_summed": L2_TEXT, "batch_size": BATCH,
-                   "lr_mean": LR, "l2_mean": L2_MEAN, "epochs": epochs, "seed": SEED,
-                   "pixels": "[-1, 1]", "split": "55000 train / last 5000 validation",
-                   "minibatch_order": "the text's RandomState(1) shuffles, replayed"},
-        "reported": REPORTED, "final": final, "history": history,
-        "translation_proof": {"float64": proof64, "float32": proof32},
-        "misclassified_test_indices": wrong, "wall_seconds": seconds,
-    }, args.out, args.quick)
+    common.save(
+        name,
+        {
+            "config": {
+                "sizes": SIZES,
+                "activation": "sigmoid",
+                "output": "sigmoid (logistic cost)",
+                "init": "N(0, 0.1^2) weights from RandomState(1), zero biases",
+                "eta_summed": ETA,
+                "l2_summed": L2_TEXT,
+                "batch_size": BATCH,
+                "lr_mean": LR,
+                "l2_mean": L2_MEAN,
+                "epochs": epochs,
+                "seed": SEED,
+                "pixels": "[-1, 1]",
+                "split": "55000 train / last 5000 validation",
+                "minibatch_order": "the text's RandomState(1) shuffles, replayed",
+            },
+            "reported": REPORTED,
+            "final": final,
+            "history": history,
+            "translation_proof": {"float64": proof64, "float32": proof32},
+            "misclassified_test_indices": wrong,
+            "wall_seconds": seconds,
+        },
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -53,29 +53,57 @@ def main():
     if args.quick:
         x, y = x[:2000], y[:2000]
     steps = epochs * -(-x.shape[0] // args.batch)
-    options = jaxmlp.ModelOptions(activation="relu", dropout_rate=0.5, input_dropout_rate=0.2,
-                                  max_norm=3.0, augment_shift=task["augment_shift"])
+    options = jaxmlp.ModelOptions(
+        activation="relu",
+        dropout_rate=0.5,
+        input_dropout_rate=0.2,
+        max_norm=3.0,
+        augment_shift=task["augment_shift"],
+    )
     optimizer = jaxmlp.optimizer("adam", jaxmlp.schedule("cosine", args.lr, steps))
     sizes = (784, width, width, 10)
-    states = dlfs.stack([jaxmlp.create_train_state(jax.random.key(s), sizes, optimizer,
-                                                   options=options) for s in seeds])
-    epoch = jax.jit(jax.vmap(functools.partial(
-        jaxmlp.training._train_epoch, batch_size=args.batch, progress=None, progress_every=50),
-        in_axes=(0, None, None)))
-    score = jax.jit(jax.vmap(lambda p, images, labels: jaxmlp.training._evaluate(
-        p, images, labels, options, 1000), in_axes=(0, None, None)))
+    states = dlfs.stack(
+        [
+            jaxmlp.create_train_state(jax.random.key(s), sizes, optimizer, options=options)
+            for s in seeds
+        ]
+    )
+    epoch = jax.jit(
+        jax.vmap(
+            functools.partial(
+                jaxmlp.training._train_epoch,
+                batch_size=args.batch,
+                progress=None,
+                progress_every=50,
+            ),
+            in_axes=(0, None, None),
+        )
+    )
+    score = jax.jit(
+        jax.vmap(
+            lambda p, images, labels: jaxmlp.training._evaluate(p, images, labels, options, 1000),
+            in_axes=(0, None, None),
+        )
+    )
     xv, yv = jnp.asarray(ds.validation.images), jnp.asarray(ds.validation.labels)
     history = []
     start = time.perf_counter()
     for e in range(1, epochs + 1):
         states, metrics = epoch(states, x, y)
         valid = score(states.params, xv, yv)
-        history.append({"epoch": e, "loss": np.asarray(metrics["loss"]),
-                        "validation_accuracy": np.asarray(valid["accuracy"]),
-                        "seconds": time.perf_counter() - start})
-        print(f"epoch {e:3d} loss {np.asarray(metrics['loss']).round(4)} valid "
-              f"{np.asarray(valid['accuracy']).round(4)} ({history[-1]['seconds']:.0f} s)",
-              flush=True)
+        history.append(
+            {
+                "epoch": e,
+                "loss": np.asarray(metrics["loss"]),
+                "validation_accuracy": np.asarray(valid["accuracy"]),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(
+            f"epoch {e:3d} loss {np.asarray(metrics['loss']).round(4)} valid "
+            f"{np.asarray(valid['accuracy']).round(4)} ({history[-1]['seconds']:.0f} s)",
+            flush=True,
+        )
     wall = time.perf_counter() - start
     test = score(states.params, jnp.asarray(ds.test.images), jnp.asarray(ds.test.labels))
     accuracies = np.asarray(test["accuracy"])
@@ -87,22 +115,47 @@ def main():
     valid_curves = np.array([h["validation_accuracy"] for h in history])
     ax.plot(range(1, epochs + 1), 1 - valid_curves)
     ax.axhline(1 - task["target"], color="grey", ls=":", label="target error")
-    ax.set(yscale="log", xlabel="epoch", ylabel="validation error",
-           title=f"{args.task}: 784-{width}-{width}-10, {len(seeds)} seed(s)")
+    ax.set(
+        yscale="log",
+        xlabel="epoch",
+        ylabel="validation error",
+        title=f"{args.task}: 784-{width}-{width}-10, {len(seeds)} seed(s)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(common.figure_path(name, args.out, args.quick))
-    common.save(name, {
-        "config": {"task": args.task, "dataset": task["dataset"], "sizes": sizes,
-                   "activation": "relu", "dropout": 0.5, "input_dropout": 0.2, "max_norm": 3.0,
-                   "augment_shift": task["augment_shift"], "optimizer": "adam",
-                   "lr": args.lr, "schedule": "cosine to 0", "batch_size": args.batch,
-                   "epochs": epochs, "task_default_epochs": task["epochs"], "seeds": seeds,
-                   "train": x.shape[0], "validation": "last 5000 training images"},
-        "target": task["target"], "test_accuracy_per_seed": accuracies,
-        "test_accuracy": summary, "reached_target": bool(summary["mean"] >= task["target"]),
-        "history": history, "wall_seconds": wall,
-    }, args.out, args.quick)
+    common.save(
+        name,
+        {
+            "config": {
+                "task": args.task,
+                "dataset": task["dataset"],
+                "sizes": sizes,
+                "activation": "relu",
+                "dropout": 0.5,
+                "input_dropout": 0.2,
+                "max_norm": 3.0,
+                "augment_shift": task["augment_shift"],
+                "optimizer": "adam",
+                "lr": args.lr,
+                "schedule": "cosine to 0",
+                "batch_size": args.batch,
+                "epochs": epochs,
+                "task_default_epochs": task["epochs"],
+                "seeds": seeds,
+                "train": x.shape[0],
+                "validation": "last 5000 training images",
+            },
+            "target": task["target"],
+            "test_accuracy_per_seed": accuracies,
+            "test_accuracy": summary,
+            "reached_target": bool(summary["mean"] >= task["target"]),
+            "history": history,
+            "wall_seconds": wall,
+        },
+        args.out,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,10 @@ def _manager(directory: Path, keep: int | None = None, *, create: bool = False):
     return ocp.CheckpointManager(
         directory.absolute(),
         options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()},
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
     )
 
 
@@ -183,8 +185,9 @@ def save(
         manager = _manager(directory, None, create=True)
         manager.save(
             int(epoch),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
-                                    meta=ocp.args.JsonSave(info)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(info)
+            ),
             force=True,
         )
         manager.wait_until_finished()
@@ -192,8 +195,9 @@ def save(
         for old in list_steps(directory)[:-keep] if keep else []:
             _remove_step(directory, old)
     except Exception as e:  # orbax and tensorstore report I/O failures with various types
-        raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {directory}: "
-                              f"{_one_line(e)}") from e
+        raise CheckpointError(
+            f"cannot save the checkpoint of epoch {epoch} in {directory}: {_one_line(e)}"
+        ) from e
     return directory / str(epoch)
 
 
@@ -248,15 +252,17 @@ def _describe_sizes(params_shapes: list[tuple[str, tuple[int, ...], str]]) -> st
     return "-".join(str(n) for n in (w_shapes[0][0], *(s[1] for s in w_shapes)))
 
 
-def _check_compatible(epoch: int, directory: Path, on_disk: dict[str, Any],
-                      target: dict[str, Any]) -> None:
+def _check_compatible(
+    epoch: int, directory: Path, on_disk: dict[str, Any], target: dict[str, Any]
+) -> None:
     """Raises ArchitectureMismatchError if the saved arrays do not fit the target's."""
     saved_params, want_params = _shapes(on_disk["params"]), _shapes(target["params"])
     if saved_params != want_params:
         differences = [
             f"{path} {shape}/{dtype} vs {want_shape}/{want_dtype}"
             for (path, shape, dtype), (_, want_shape, want_dtype) in zip(
-                saved_params, want_params, strict=False)
+                saved_params, want_params, strict=False
+            )
             if (shape, dtype) != (want_shape, want_dtype)
         ]
         first = differences[0] if differences else "a different number of layers"
@@ -296,9 +302,11 @@ def restore_latest(
     """
     directory = Path(directory)
     # Every numbered step, finished or not: an unfinished newer one is reported, not ignored.
-    steps = sorted(
-        int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()
-    ) if directory.is_dir() else []
+    steps = (
+        sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        if directory.is_dir()
+        else []
+    )
     if not steps:
         return None
     ocp = _ocp()
@@ -309,8 +317,9 @@ def restore_latest(
         for epoch in reversed(steps):
             try:
                 if not _complete_step(directory / str(epoch)):
-                    raise ValueError(f"incomplete: no {_METADATA} (a save or a deletion was "
-                                     "interrupted)")
+                    raise ValueError(
+                        f"incomplete: no {_METADATA} (a save or a deletion was interrupted)"
+                    )
                 on_disk = manager.item_metadata(epoch)["state"]
                 if on_disk is None:
                     raise ValueError("no readable array metadata")
@@ -321,8 +330,9 @@ def restore_latest(
                 try:
                     restored = manager.restore(
                         epoch,
-                        args=ocp.args.Composite(state=ocp.args.StandardRestore(want),
-                                                meta=ocp.args.JsonRestore()),
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(want), meta=ocp.args.JsonRestore()
+                        ),
                     )
                     meta = dict(restored["meta"] or {})
                     arrays = restored["state"]

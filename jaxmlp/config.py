@@ -55,8 +55,14 @@ class ConfigError(ValueError):
     """A configuration value, key or file is invalid."""
 
 
-def _option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,
-            metavar: str | None = None) -> Any:
+def _option(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+) -> Any:
     return dataclasses.field(
         default=default,
         metadata={"help": help, "group": group, "choices": choices, "metavar": metavar},
@@ -75,74 +81,122 @@ class RunConfig:
     # Data
     dataset: str = _option("mnist", "dataset", group="data", choices=tuple(DATASETS))
     data_dir: str | None = _option(
-        None, "extra data root searched first (<root>/<dataset>/<official files>)", group="data",
-        metavar="DIR")
-    normalize: str = _option("unit", "pixel scaling: unit x/255, standard (x/255-mean)/std, "
-                             "symmetric [-1, 1], none 0..255", group="data",
-                             choices=NORMALIZATIONS)
-    validation: int = _option(5000, "training examples held out for validation (the last ones); "
-                              "0 for none", group="data", metavar="N")
-    train_limit: int | None = _option(None, "train on the first N training examples only",
-                                      group="data", metavar="N")
-    test_limit: int | None = _option(None, "score the first N test examples only", group="data",
-                                     metavar="N")
+        None,
+        "extra data root searched first (<root>/<dataset>/<official files>)",
+        group="data",
+        metavar="DIR",
+    )
+    normalize: str = _option(
+        "unit",
+        "pixel scaling: unit x/255, standard (x/255-mean)/std, symmetric [-1, 1], none 0..255",
+        group="data",
+        choices=NORMALIZATIONS,
+    )
+    validation: int = _option(
+        5000,
+        "training examples held out for validation (the last ones); 0 for none",
+        group="data",
+        metavar="N",
+    )
+    train_limit: int | None = _option(
+        None, "train on the first N training examples only", group="data", metavar="N"
+    )
+    test_limit: int | None = _option(
+        None, "score the first N test examples only", group="data", metavar="N"
+    )
     # Model
-    hidden: tuple[int, ...] = _option((512, 256), "hidden layer sizes (none: softmax "
-                                      "regression)", group="model", metavar="N")
-    activation: str = _option("relu", "hidden activation", group="model",
-                              choices=tuple(ACTIVATIONS))
-    output: str = _option("softmax", "output layer and loss: softmax + cross-entropy, or "
-                          "sigmoid + logistic cost", group="model", choices=OUTPUTS)
-    init: str = _option("he", "weight initialisation (normal: N(0, init_scale^2))",
-                        group="model", choices=INITS)
-    init_scale: float = _option(0.01, "standard deviation of --init normal", group="model",
-                                metavar="STD")
+    hidden: tuple[int, ...] = _option(
+        (512, 256), "hidden layer sizes (none: softmax regression)", group="model", metavar="N"
+    )
+    activation: str = _option(
+        "relu", "hidden activation", group="model", choices=tuple(ACTIVATIONS)
+    )
+    output: str = _option(
+        "softmax",
+        "output layer and loss: softmax + cross-entropy, or sigmoid + logistic cost",
+        group="model",
+        choices=OUTPUTS,
+    )
+    init: str = _option(
+        "he", "weight initialisation (normal: N(0, init_scale^2))", group="model", choices=INITS
+    )
+    init_scale: float = _option(
+        0.01, "standard deviation of --init normal", group="model", metavar="STD"
+    )
     dtype: str = _option("float32", "parameter and data dtype", group="model", choices=DTYPES)
     # Regularisation
-    dropout: float = _option(0.2, "dropout rate of each hidden layer's output", group="reg",
-                             metavar="RATE")
-    input_dropout: float = _option(0.0, "dropout rate of the input pixels", group="reg",
-                                   metavar="RATE")
-    l2: float = _option(0.0, "coefficient of 0.5 * sum(w^2) added to the loss", group="reg",
-                        metavar="LAMBDA")
-    max_norm: float | None = _option(None, "cap on each unit's incoming weight norm",
-                                     group="reg", metavar="C")
-    augment_shift: int = _option(0, "random translation of training images by up to this many "
-                                 "pixels", group="reg", metavar="PIXELS")
+    dropout: float = _option(
+        0.2, "dropout rate of each hidden layer's output", group="reg", metavar="RATE"
+    )
+    input_dropout: float = _option(
+        0.0, "dropout rate of the input pixels", group="reg", metavar="RATE"
+    )
+    l2: float = _option(
+        0.0, "coefficient of 0.5 * sum(w^2) added to the loss", group="reg", metavar="LAMBDA"
+    )
+    max_norm: float | None = _option(
+        None, "cap on each unit's incoming weight norm", group="reg", metavar="C"
+    )
+    augment_shift: int = _option(
+        0,
+        "random translation of training images by up to this many pixels",
+        group="reg",
+        metavar="PIXELS",
+    )
     # Optimisation
     optimizer: str = _option("adam", "optimizer", group="opt", choices=OPTIMIZERS)
     learning_rate: float = _option(1e-3, "peak learning rate", group="opt", metavar="LR")
-    momentum: float | None = _option(None, "momentum (sgd, rmsprop; momentum/nesterov use 0.9)",
-                                     group="opt", metavar="MU")
-    beta1: float | None = _option(None, "first-moment decay b1 (adam family; optax default 0.9)",
-                                  group="opt", metavar="B1")
-    beta2: float | None = _option(None, "second-moment decay b2 (adam family; optax default "
-                                  "0.999)", group="opt", metavar="B2")
-    eps: float | None = _option(None, "epsilon of adaptive optimizers (optax default)",
-                                group="opt", metavar="EPS")
-    decay: float | None = _option(None, "rmsprop's squared-gradient decay rho (optax default "
-                                  "0.9)", group="opt", metavar="RHO")
+    momentum: float | None = _option(
+        None, "momentum (sgd, rmsprop; momentum/nesterov use 0.9)", group="opt", metavar="MU"
+    )
+    beta1: float | None = _option(
+        None, "first-moment decay b1 (adam family; optax default 0.9)", group="opt", metavar="B1"
+    )
+    beta2: float | None = _option(
+        None, "second-moment decay b2 (adam family; optax default 0.999)", group="opt", metavar="B2"
+    )
+    eps: float | None = _option(
+        None, "epsilon of adaptive optimizers (optax default)", group="opt", metavar="EPS"
+    )
+    decay: float | None = _option(
+        None, "rmsprop's squared-gradient decay rho (optax default 0.9)", group="opt", metavar="RHO"
+    )
     initial_accumulator: float | None = _option(
-        None, "adagrad's initial accumulator (optax default 0.1)", group="opt", metavar="H0")
-    weight_decay: float | None = _option(None, "decoupled weight decay (adamw, lamb)",
-                                         group="opt", metavar="WD")
-    schedule: str = _option("cosine", "learning-rate schedule over all steps", group="opt",
-                            choices=SCHEDULES)
-    warmup_steps: int = _option(0, "linear warm-up steps of --schedule warmup_cosine",
-                                group="opt", metavar="STEPS")
-    final_lr_fraction: float = _option(0.0, "final learning rate of the cosine schedules, as a "
-                                       "fraction of the peak", group="opt", metavar="F")
-    decay_rate: float = _option(0.1, "total decay factor of --schedule exponential",
-                                group="opt", metavar="F")
+        None, "adagrad's initial accumulator (optax default 0.1)", group="opt", metavar="H0"
+    )
+    weight_decay: float | None = _option(
+        None, "decoupled weight decay (adamw, lamb)", group="opt", metavar="WD"
+    )
+    schedule: str = _option(
+        "cosine", "learning-rate schedule over all steps", group="opt", choices=SCHEDULES
+    )
+    warmup_steps: int = _option(
+        0, "linear warm-up steps of --schedule warmup_cosine", group="opt", metavar="STEPS"
+    )
+    final_lr_fraction: float = _option(
+        0.0,
+        "final learning rate of the cosine schedules, as a fraction of the peak",
+        group="opt",
+        metavar="F",
+    )
+    decay_rate: float = _option(
+        0.1, "total decay factor of --schedule exponential", group="opt", metavar="F"
+    )
     batch_size: int = _option(128, "examples per optimizer step", group="opt", metavar="N")
     epochs: int = _option(15, "passes over the training set", group="opt", metavar="N")
-    gradient: str = _option("autodiff", "gradient: jax autodiff or the hand-derived backprop",
-                            group="opt", choices=GRADIENTS)
-    seed: int = _option(0, "seed of the initial parameters, data order and dropout",
-                        group="opt", metavar="SEED")
+    gradient: str = _option(
+        "autodiff",
+        "gradient: jax autodiff or the hand-derived backprop",
+        group="opt",
+        choices=GRADIENTS,
+    )
+    seed: int = _option(
+        0, "seed of the initial parameters, data order and dropout", group="opt", metavar="SEED"
+    )
     # Run
-    keep_checkpoints: int = _option(3, "number of most recent epoch checkpoints kept",
-                                    group="run", metavar="N")
+    keep_checkpoints: int = _option(
+        3, "number of most recent epoch checkpoints kept", group="run", metavar="N"
+    )
 
     def __post_init__(self):
         _check_values(self)
@@ -233,8 +287,9 @@ def _check_values(config: RunConfig) -> None:
         object.__setattr__(config, name, _coerce(name, value))
         choices = f.metadata["choices"]
         if choices is not None and value not in choices:
-            raise ConfigError(f"{name}={value!r} is not supported; expected one of "
-                              f"{', '.join(choices)}")
+            raise ConfigError(
+                f"{name}={value!r} is not supported; expected one of {', '.join(choices)}"
+            )
 
     def at_least(name: str, low: float, *, strict: bool = False) -> None:
         value = getattr(config, name)
@@ -246,8 +301,15 @@ def _check_values(config: RunConfig) -> None:
 
     for name in ("epochs", "batch_size", "keep_checkpoints", "train_limit", "test_limit"):
         at_least(name, 1)
-    for name in ("validation", "warmup_steps", "augment_shift", "l2", "init_scale",
-                 "final_lr_fraction", "seed"):
+    for name in (
+        "validation",
+        "warmup_steps",
+        "augment_shift",
+        "l2",
+        "init_scale",
+        "final_lr_fraction",
+        "seed",
+    ):
         at_least(name, 0)
     for name in ("learning_rate", "max_norm", "decay_rate", "init_scale"):
         at_least(name, 0, strict=True)
@@ -257,8 +319,10 @@ def _check_values(config: RunConfig) -> None:
             raise ConfigError(f"{name}={value!r} is outside [0, 1); expected a rate 0 <= r < 1")
     for size in config.hidden:
         if size < 1:
-            raise ConfigError(f"hidden={list(config.hidden)} has a size < 1; every hidden layer "
-                              "needs at least one unit")
+            raise ConfigError(
+                f"hidden={list(config.hidden)} has a size < 1; every hidden layer "
+                "needs at least one unit"
+            )
 
 
 def normalize_key(key: str) -> str:
@@ -266,8 +330,9 @@ def normalize_key(key: str) -> str:
     return key.replace("-", "_")
 
 
-def from_mapping(values: Mapping[str, Any], *, base: RunConfig | None = None,
-                 source: str = "config") -> RunConfig:
+def from_mapping(
+    values: Mapping[str, Any], *, base: RunConfig | None = None, source: str = "config"
+) -> RunConfig:
     """``base`` (default: the defaults) with ``values`` applied; unknown keys are an error."""
     base = base if base is not None else RunConfig()
     prefix = f"{source}: " if source else ""
@@ -275,8 +340,7 @@ def from_mapping(values: Mapping[str, Any], *, base: RunConfig | None = None,
     for key, value in values.items():
         name = normalize_key(str(key))
         if name not in FIELDS:
-            raise ConfigError(f"{prefix}unknown key {key!r}; valid keys are "
-                              f"{', '.join(FIELDS)}")
+            raise ConfigError(f"{prefix}unknown key {key!r}; valid keys are {', '.join(FIELDS)}")
         try:
             updates[name] = _coerce(name, value)
         except ConfigError as e:

@@ -68,8 +68,9 @@ def light_background(gray: np.ndarray) -> bool:
     """Whether the image's border (outer 5% on each side) is brighter than mid-gray."""
     h, w = gray.shape
     band = max(1, round(0.05 * min(h, w)))
-    border = np.concatenate([gray[:band].ravel(), gray[-band:].ravel(),
-                             gray[:, :band].ravel(), gray[:, -band:].ravel()])
+    border = np.concatenate(
+        [gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(), gray[:, -band:].ravel()]
+    )
     return float(np.median(border)) > 127.5
 
 
@@ -93,7 +94,7 @@ def to_mnist(gray: np.ndarray, *, invert: str = "auto", source: str = "image") -
     x = x * (255.0 / peak)
     mask = x > 0.2 * 255.0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    x = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = x.shape
     scale = BOX / max(h, w)
     new_size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -101,7 +102,7 @@ def to_mnist(gray: np.ndarray, *, invert: str = "auto", source: str = "image") -
     digit = np.asarray(small, dtype=np.float64)
     out = np.zeros((SIDE, SIDE), np.float64)
     top, left = (SIDE - digit.shape[0]) // 2, (SIDE - digit.shape[1]) // 2
-    out[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    out[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     out = _center_of_mass_shift(out)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

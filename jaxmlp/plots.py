@@ -49,8 +49,9 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
     if history and "validation_loss" in history[0]:
         ax_loss.plot(epochs, [r["validation_loss"] for r in history], "s-", label="validation")
-        ax_acc.plot(epochs, [100 * r["validation_accuracy"] for r in history], "s-",
-                    label="validation")
+        ax_acc.plot(
+            epochs, [100 * r["validation_accuracy"] for r in history], "s-", label="validation"
+        )
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="loss (mean per example)")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_acc):
@@ -91,20 +92,30 @@ def plot_misclassified(
         low, high = image.min(), image.max()
         image = (image - low) / (high - low) if high > low else image * 0
         top, left = r * cell_h + 10, c * cell_w + 2
-        canvas[top:top + side, left:left + side] = image
-        ax.text(left + side / 2, top - 2, f"{class_names[int(true[index])]}/"
-                f"{class_names[int(pred[index])]}", ha="center", va="bottom", fontsize=9)
+        canvas[top : top + side, left : left + side] = image
+        ax.text(
+            left + side / 2,
+            top - 2,
+            f"{class_names[int(true[index])]}/{class_names[int(pred[index])]}",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     ax.imshow(canvas, cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
     ax.axis("off")
-    title = "first misclassified test images (true/predicted)" if len(wrong) else \
-        "no misclassified test images"
+    title = (
+        "first misclassified test images (true/predicted)"
+        if len(wrong)
+        else "no misclassified test images"
+    )
     ax.set_title(title, fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92)
     return _save(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str],
-                   path: str | os.PathLike[str]) -> Path:
+def plot_confusion(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
     """Confusion matrix (rows: true class, columns: predicted class) with counts in the cells."""
     plt = _pyplot()
     matrix = np.asarray(matrix)
@@ -116,15 +127,27 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str],
     threshold = shown.max() / 2 if shown.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if shown[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(int(matrix[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shown[i, j] > threshold else "black",
+            )
     labels = [str(c) for c in class_names]
     short = max(len(label) for label in labels) > 3
-    ax.set_xticks(range(n), labels, rotation=45 if short else 0, ha="right" if short else "center",
-                  fontsize=8)
+    ax.set_xticks(
+        range(n), labels, rotation=45 if short else 0, ha="right" if short else "center", fontsize=8
+    )
     ax.set_yticks(range(n), labels, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix ({int(np.trace(matrix))}/{int(matrix.sum())} correct)")
-    fig.subplots_adjust(left=0.2 if short else 0.12, right=0.97, bottom=0.2 if short else 0.1,
-                        top=0.93)
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion matrix ({int(np.trace(matrix))}/{int(matrix.sum())} correct)",
+    )
+    fig.subplots_adjust(
+        left=0.2 if short else 0.12, right=0.97, bottom=0.2 if short else 0.1, top=0.93
+    )
     return _save(fig, path)

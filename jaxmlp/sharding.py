@@ -158,6 +158,7 @@ def replicate(tree: T, mesh: Mesh) -> T:
 def to_host(tree: T) -> T:
     """Every array leaf as a NumPy array on this host. Replicated arrays of a multi-process
     mesh are read from this process's own copy, so every process can call it."""
+
     def fetch(leaf: Any):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             if not leaf.is_fully_replicated:

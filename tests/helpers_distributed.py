@@ -44,9 +44,16 @@ def train(mesh):
 
     images, labels = synthetic_data()
     state, history = jaxmlp.fit(
-        jax.random.key(0), (FEATURES, HIDDEN, CLASSES), images, labels,
-        optimizer=jaxmlp.optimizer("adam", 1e-3), epochs=EPOCHS, batch_size=BATCH,
-        dropout_rate=0.1, mesh=mesh, validation_data=(images[:200], labels[:200]),
+        jax.random.key(0),
+        (FEATURES, HIDDEN, CLASSES),
+        images,
+        labels,
+        optimizer=jaxmlp.optimizer("adam", 1e-3),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        dropout_rate=0.1,
+        mesh=mesh,
+        validation_data=(images[:200], labels[:200]),
     )
     return sharding.to_host(state.params), history
 
@@ -78,8 +85,11 @@ def main(argv=None) -> int:
     if args.mode == "worker":
         address = f"127.0.0.1:{args.port}"
         sharding.initialize_distributed(
-            address, args.num_processes, args.process_id,
-            coordinator_bind_address=address, initialization_timeout=60,
+            address,
+            args.num_processes,
+            args.process_id,
+            coordinator_bind_address=address,
+            initialization_timeout=60,
         )
 
     import jax
@@ -103,12 +113,20 @@ def main(argv=None) -> int:
     mesh = sharding.data_parallel_mesh() if args.mode == "worker" or args.devices > 1 else None
     params, history = train(mesh)
     np.savez(args.out, **flat(params))
-    print(json.dumps({
-        "process": jax.process_index(), "processes": jax.process_count(),
-        "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
-        "mesh": sharding.describe(mesh) if mesh is not None else "one device",
-        "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - started,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "process": jax.process_index(),
+                "processes": jax.process_count(),
+                "local_devices": jax.local_device_count(),
+                "global_devices": jax.device_count(),
+                "mesh": sharding.describe(mesh) if mesh is not None else "one device",
+                "final_loss": history[-1]["loss"],
+                "seconds": time.perf_counter() - started,
+            }
+        ),
+        flush=True,
+    )
     if args.mode == "worker":
         jax.distributed.shutdown()
     return 0

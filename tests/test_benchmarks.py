@@ -20,14 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_run_writes_valid_json(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--no-torch", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     written = list(tmp_path.glob("*-quick.json"))
     assert len(written) == 1
     results = json.loads(written[0].read_text())
-    assert set(results["sections"]) == {"correctness", "gradient_speed", "throughput", "limit",
-                                        "scaling"}
+    assert set(results["sections"]) == {
+        "correctness",
+        "gradient_speed",
+        "throughput",
+        "limit",
+        "scaling",
+    }
     assert results["machine"]["jax"]
     assert list(tmp_path.glob("*-quick.md"))
     assert list(tmp_path.glob("*.png"))
@@ -37,7 +46,11 @@ def test_quick_run_writes_valid_json(tmp_path):
 def test_only_selects_sections(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--only", "limit", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = json.loads(next(tmp_path.glob("*-quick.json")).read_text())

@@ -21,8 +21,18 @@ from jaxmlp import config as cfglib
 
 ASSETS = Path(__file__).parent / "assets" / "digits"
 SAMPLES = sorted(ASSETS.glob("*.png")) + sorted(ASSETS.glob("*.jpg"))
-SMALL = ["--train-limit", "1000", "--test-limit", "300", "--validation", "300",
-         "--batch-size", "100", "--hidden", "64"]
+SMALL = [
+    "--train-limit",
+    "1000",
+    "--test-limit",
+    "300",
+    "--validation",
+    "300",
+    "--batch-size",
+    "100",
+    "--hidden",
+    "64",
+]
 
 
 def _mnist_available() -> str | None:
@@ -30,7 +40,8 @@ def _mnist_available() -> str | None:
     if all(s.state == "verified" for s in statuses):
         return None
     return "official MNIST files not found: " + "; ".join(
-        f"{s.filename}: {s.state}" for s in statuses)
+        f"{s.filename}: {s.state}" for s in statuses
+    )
 
 
 _MISSING = _mnist_available()
@@ -74,9 +85,17 @@ def trained(tmp_path_factory):
         pytest.skip(_MISSING)
     root = tmp_path_factory.mktemp("cli")
     config_file = root / "small.toml"
-    config_file.write_text('hidden = [64]\nlearning-rate = 2e-3\nepochs = 2\nseed = 3\n')
-    argv = ["train", "--config", config_file, "--runs-dir", root / "runs", "--name", "small",
-            *[a for a in SMALL if a not in ("--hidden", "64")]]
+    config_file.write_text("hidden = [64]\nlearning-rate = 2e-3\nepochs = 2\nseed = 3\n")
+    argv = [
+        "train",
+        "--config",
+        config_file,
+        "--runs-dir",
+        root / "runs",
+        "--name",
+        "small",
+        *[a for a in SMALL if a not in ("--hidden", "64")],
+    ]
     mp = pytest.MonkeyPatch()
     import io
     import sys
@@ -107,7 +126,8 @@ def test_train_writes_the_run_directory(trained):
     history = json.loads((run_dir / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     assert {"loss", "train_accuracy", "validation_loss", "validation_accuracy", "seconds"} <= set(
-        history[0])
+        history[0]
+    )
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and metrics["test_count"] == 300
@@ -117,8 +137,17 @@ def test_train_writes_the_run_directory(trained):
 
 def test_train_again_with_same_config_reports_complete_run(trained, capsys):
     run_dir, _, _ = trained
-    code, out, err = run(capsys, "train", "--config", run_dir / "config.json", "--name",
-                         run_dir.name, "--runs-dir", run_dir.parent, "--no-plots")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--config",
+        run_dir / "config.json",
+        "--name",
+        run_dir.name,
+        "--runs-dir",
+        run_dir.parent,
+        "--no-plots",
+    )
     assert code == 0, err
     assert "resuming" in out and "test accuracy" in out
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
@@ -126,15 +155,32 @@ def test_train_again_with_same_config_reports_complete_run(trained, capsys):
 
 def test_existing_run_with_other_config_is_refused(trained, capsys):
     run_dir, _, _ = trained
-    code, _, err = run(capsys, "train", "--name", run_dir.name, "--runs-dir", run_dir.parent,
-                       "--learning-rate", "0.5")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--name",
+        run_dir.name,
+        "--runs-dir",
+        run_dir.parent,
+        "--learning-rate",
+        "0.5",
+    )
     assert_one_line_error(code, err, "different config", "--resume", "--overwrite")
 
 
 def test_resume_refuses_changed_hyperparameters(trained, capsys):
     run_dir, _, _ = trained
-    code, _, err = run(capsys, "train", "--name", run_dir.name, "--runs-dir", run_dir.parent,
-                       "--resume", "--dropout", "0.5")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--name",
+        run_dir.name,
+        "--runs-dir",
+        run_dir.parent,
+        "--resume",
+        "--dropout",
+        "0.5",
+    )
     assert_one_line_error(code, err, "dropout")
 
 
@@ -167,8 +213,9 @@ def test_interrupted_run_resumes_exactly(needs_data, tmp_path, capsys, monkeypat
     assert [r["epoch"] for r in json.loads((split / "history.json").read_text())] == [1, 2]
     monkeypatch.setattr(training, "train_epoch", original)
 
-    code, out, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "split", "--resume",
-                         "--no-plots")
+    code, out, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "split", "--resume", "--no-plots"
+    )
     assert code == 0, err
     assert "resuming" in out
     history = json.loads((split / "history.json").read_text())
@@ -176,8 +223,11 @@ def test_interrupted_run_resumes_exactly(needs_data, tmp_path, capsys, monkeypat
 
     a, b = final_params(tmp_path / "straight"), final_params(split)
     assert a.epoch == b.epoch == 3
-    for x, y in zip(checkpoints.state_arrays(a.state).values(),
-                    checkpoints.state_arrays(b.state).values(), strict=True):
+    for x, y in zip(
+        checkpoints.state_arrays(a.state).values(),
+        checkpoints.state_arrays(b.state).values(),
+        strict=True,
+    ):
         import jax
 
         for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
@@ -190,8 +240,11 @@ def test_interrupted_run_resumes_exactly(needs_data, tmp_path, capsys, monkeypat
 def test_corrupted_latest_checkpoint_falls_back(trained, tmp_path, capsys):
     run_dir = tmp_path / "copy"
     shutil.copytree(trained[0], run_dir)
-    damaged = [p for p in (run_dir / "checkpoints" / "2").rglob("*") if p.is_file()
-               and p.stat().st_size > 1000]
+    damaged = [
+        p
+        for p in (run_dir / "checkpoints" / "2").rglob("*")
+        if p.is_file() and p.stat().st_size > 1000
+    ]
     assert damaged
     for path in damaged:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -201,8 +254,9 @@ def test_corrupted_latest_checkpoint_falls_back(trained, tmp_path, capsys):
     assert "epoch 2" in err and "falling back" in err
     assert json.loads(out)["epoch"] == 1
 
-    code, out, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "copy", "--resume",
-                         "--no-plots")
+    code, out, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "copy", "--resume", "--no-plots"
+    )
     assert code == 0, err
     assert "falling back" in err and "resuming" in out
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
@@ -221,9 +275,24 @@ def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path, capsys
 
 
 def test_nonfinite_loss_stops_with_a_message(needs_data, tmp_path, capsys):
-    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "nan", *SMALL,
-                       "--epochs", "1", "--optimizer", "sgd", "--learning-rate", "1e30",
-                       "--schedule", "constant", "--no-plots")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "nan",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e30",
+        "--schedule",
+        "constant",
+        "--no-plots",
+    )
     assert code == 1, err
     assert "epoch 1, step" in err and "lower learning rate" in err
     assert checkpoints.list_steps(tmp_path / "nan" / "checkpoints") == []
@@ -373,15 +442,26 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(needs_data, tmp_path, c
     import sys
     import time
 
-    common = ["--runs-dir", tmp_path, *SMALL, "--epochs", "4", "--no-plots", "--keep-checkpoints",
-              "2"]
+    common = [
+        "--runs-dir",
+        tmp_path,
+        *SMALL,
+        "--epochs",
+        "4",
+        "--no-plots",
+        "--keep-checkpoints",
+        "2",
+    ]
     code, _, err = run(capsys, "train", *common, "--name", "straight")
     assert code == 0, err
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "jaxmlp", "train", *map(str, common), "--name", "killed"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     checkpoints_dir = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 120
     while not checkpoints.list_steps(checkpoints_dir) and process.poll() is None:
@@ -391,14 +471,18 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(needs_data, tmp_path, c
     process.kill()
     process.wait()
 
-    code, out, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "killed", "--resume",
-                         "--no-plots")
+    code, out, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "killed", "--resume", "--no-plots"
+    )
     assert code == 0, err
     history = json.loads((tmp_path / "killed" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "killed")
     import jax
 
-    for u, v in zip(jax.tree.leaves(checkpoints.state_arrays(a.state)),
-                    jax.tree.leaves(checkpoints.state_arrays(b.state)), strict=True):
+    for u, v in zip(
+        jax.tree.leaves(checkpoints.state_arrays(a.state)),
+        jax.tree.leaves(checkpoints.state_arrays(b.state)),
+        strict=True,
+    ):
         assert np.array_equal(np.asarray(u), np.asarray(v))

@@ -24,8 +24,19 @@ import pytest
 from jaxmlp import checkpoints, cli, data
 from jaxmlp import config as cfglib
 
-TINY = ["--train-limit", "1000", "--test-limit", "300", "--validation", "300",
-        "--batch-size", "100", "--hidden", "16", "--no-plots"]
+TINY = [
+    "--train-limit",
+    "1000",
+    "--test-limit",
+    "300",
+    "--validation",
+    "300",
+    "--batch-size",
+    "100",
+    "--hidden",
+    "16",
+    "--no-plots",
+]
 ASSETS = Path(__file__).parent / "assets" / "digits"
 SAMPLE = ASSETS / "seven_dark_on_light.png"
 
@@ -37,7 +48,8 @@ def _missing_data() -> str | None:
     if all(s.state == "verified" for s in statuses):
         return None
     return "official MNIST files not found: " + "; ".join(
-        f"{s.filename}: {s.state}" for s in statuses)
+        f"{s.filename}: {s.state}" for s in statuses
+    )
 
 
 def _skip_without_data() -> None:
@@ -71,8 +83,11 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
 
 def snapshot(directory: Path) -> dict[str, str]:
     """sha256 of every file under ``directory`` by relative path."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def history_epochs(run_dir: Path) -> list[int]:
@@ -97,8 +112,24 @@ def base_run(tmp_path_factory):
     """A finished 3-epoch run with all three checkpoints kept."""
     _skip_without_data()
     root = tmp_path_factory.mktemp("robust")
-    code = cli.main([str(a) for a in ["train", "--runs-dir", root, "--name", "base", *TINY,
-                                      "--epochs", "3", "--keep-checkpoints", "3", "--quiet"]])
+    code = cli.main(
+        [
+            str(a)
+            for a in [
+                "train",
+                "--runs-dir",
+                root,
+                "--name",
+                "base",
+                *TINY,
+                "--epochs",
+                "3",
+                "--keep-checkpoints",
+                "3",
+                "--quiet",
+            ]
+        ]
+    )
     assert code == 0
     run_dir = root / "base"
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2, 3]
@@ -136,8 +167,9 @@ def run_copy(base_run, tmp_path):
         ("run.toml", b"hidden = [64]\n\xff\xfe".decode("latin-1"), ["cannot read config"]),
     ],
 )
-def test_bad_config_file_is_one_line_and_creates_nothing(filename, text, fragments, capsys,
-                                                         tmp_path):
+def test_bad_config_file_is_one_line_and_creates_nothing(
+    filename, text, fragments, capsys, tmp_path
+):
     path = tmp_path / filename
     if "cannot read config" in fragments:
         path.write_bytes(b"hidden = [64]\n\xff\xfe")
@@ -151,18 +183,22 @@ def test_bad_config_file_is_one_line_and_creates_nothing(filename, text, fragmen
 def test_run_directory_of_another_config_is_left_untouched(run_copy, capsys):
     before = snapshot(run_copy)
     runs = run_copy.parent
-    for extra in (["--learning-rate", "0.01"], ["--hidden", "32"], ["--resume", "--hidden", "32"],
-                  ["--resume", "--seed", "7"]):
-        code, _, err = run(capsys, "train", "--runs-dir", runs, "--name", "base", *TINY,
-                           "--epochs", "3", *extra)
+    for extra in (
+        ["--learning-rate", "0.01"],
+        ["--hidden", "32"],
+        ["--resume", "--hidden", "32"],
+        ["--resume", "--seed", "7"],
+    ):
+        code, _, err = run(
+            capsys, "train", "--runs-dir", runs, "--name", "base", *TINY, "--epochs", "3", *extra
+        )
         assert_one_line_error(code, err, "base")
     assert snapshot(run_copy) == before
 
 
 def test_damaged_config_json_of_a_run_is_a_clear_error(run_copy, capsys):
     (run_copy / "config.json").write_text('{"hidden": [16], "epochs": ')
-    code, _, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base",
-                       "--resume")
+    code, _, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base", "--resume")
     assert_one_line_error(code, err, "config.json", "invalid JSON")
     code, _, err = run(capsys, "evaluate", run_copy)
     assert_one_line_error(code, err, "config.json")
@@ -222,13 +258,15 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(corruption, run_co
     assert json.loads(out)["epoch"] == 2
 
 
-def test_resume_falls_back_past_two_damaged_checkpoints_and_recomputes_them(run_copy, base_run,
-                                                                            capsys):
+def test_resume_falls_back_past_two_damaged_checkpoints_and_recomputes_them(
+    run_copy, base_run, capsys
+):
     _flip_bytes(run_copy / "checkpoints" / "3")
     _empty_files(run_copy / "checkpoints" / "2")
     (run_copy / "history.json").write_text("[{")  # a damaged history is rebuilt as well
-    code, out, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base",
-                         "--resume", "--no-plots")
+    code, out, err = run(
+        capsys, "train", "--runs-dir", run_copy.parent, "--name", "base", "--resume", "--no-plots"
+    )
     assert code == 0, err
     assert "epoch 3 is unreadable" in err and "epoch 2 is unreadable" in err
     assert "resuming" in out and "epoch 1" in out
@@ -237,8 +275,10 @@ def test_resume_falls_back_past_two_damaged_checkpoints_and_recomputes_them(run_
     assert len(list((run_copy / "checkpoints-unreadable").iterdir())) == 2
     # Epochs 2 and 3 trained again from epoch 1's checkpoint: the very same parameters.
     assert_same_arrays(restore(run_copy), restore(base_run))
-    losses = [[r["loss"] for r in json.loads((d / "history.json").read_text())]
-              for d in (run_copy, base_run)]
+    losses = [
+        [r["loss"] for r in json.loads((d / "history.json").read_text())]
+        for d in (run_copy, base_run)
+    ]
     assert losses[0] == losses[1]
 
 
@@ -259,13 +299,23 @@ def test_no_readable_checkpoint_is_a_clear_error(run_copy, capsys):
         ({"optimizer": "sgd"}, ["optimizer"]),
     ],
 )
-def test_resume_from_a_checkpoint_of_another_architecture_names_both(change, fragments, run_copy,
-                                                                    capsys):
+def test_resume_from_a_checkpoint_of_another_architecture_names_both(
+    change, fragments, run_copy, capsys
+):
     saved = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps({**saved, **change}))
     before = snapshot(run_copy / "checkpoints")
-    code, _, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base",
-                       "--resume", "--epochs", "4")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        run_copy.parent,
+        "--name",
+        "base",
+        "--resume",
+        "--epochs",
+        "4",
+    )
     assert_one_line_error(code, err, *fragments)
     assert snapshot(run_copy / "checkpoints") == before
 
@@ -277,9 +327,29 @@ def test_resume_from_a_checkpoint_of_another_architecture_names_both(change, fra
 def test_divergence_after_good_epochs_keeps_their_checkpoints(needs_data, tmp_path, capsys):
     # An exponentially *growing* learning rate on a linear network: the first epochs train, a
     # later step overflows.
-    argv = ["train", "--runs-dir", tmp_path, "--name", "blowup", *TINY, "--hidden", "16", "16",
-            "--activation", "identity", "--optimizer", "sgd", "--learning-rate", "0.05",
-            "--schedule", "exponential", "--decay-rate", "1e4", "--epochs", "6"]
+    argv = [
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "blowup",
+        *TINY,
+        "--hidden",
+        "16",
+        "16",
+        "--activation",
+        "identity",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "0.05",
+        "--schedule",
+        "exponential",
+        "--decay-rate",
+        "1e4",
+        "--epochs",
+        "6",
+    ]
     code, _, err = run(capsys, *argv)
     assert code == 1, err
     run_dir = tmp_path / "blowup"
@@ -319,13 +389,15 @@ def _read_only(directory: Path):
             for p, mode in modes.items():
                 p.chmod(mode)
         return
-    mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "--bind", str(directory), str(directory)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot bind-mount as read-only here: {mounted.stderr.strip()}")
     try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(directory)], check=True, capture_output=True
+        )
         yield
     finally:
         subprocess.run(["umount", str(directory)], check=True)
@@ -340,8 +412,17 @@ def test_read_only_run_can_be_used_but_not_trained(run_copy, capsys):
         code, out, err = run(capsys, "predict", run_copy, SAMPLE)
         assert code == 0, err
         assert "predicted" in out
-        code, _, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base",
-                           "--resume", "--epochs", "4")
+        code, _, err = run(
+            capsys,
+            "train",
+            "--runs-dir",
+            run_copy.parent,
+            "--name",
+            "base",
+            "--resume",
+            "--epochs",
+            "4",
+        )
         assert_one_line_error(code, err, "cannot write", "config.json")
     assert snapshot(run_copy) == before
 
@@ -356,8 +437,11 @@ def test_read_only_run_can_be_evaluated_with_plots(run_copy, capsys):
 @contextlib.contextmanager
 def _tiny_filesystem(mount_point: Path, size: str):
     mount_point.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                              str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -368,16 +452,28 @@ def _tiny_filesystem(mount_point: Path, size: str):
 
 def _train_on_full_disk(mount_point: Path, capsys):
     """A run whose disk fills up after about two checkpoints; returns (code, err, run_dir)."""
-    code, _, err = run(capsys, "train", "--runs-dir", mount_point, "--name", "full", *TINY,
-                       "--epochs", "6", "--keep-checkpoints", "6")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        mount_point,
+        "--name",
+        "full",
+        *TINY,
+        "--epochs",
+        "6",
+        "--keep-checkpoints",
+        "6",
+    )
     return code, err, mount_point / "full"
 
 
 # orbax's writer threads report a failed write once more after their event loop has closed;
 # the CLI has already turned the failure into its error line.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(needs_data, tmp_path,
-                                                                       capsys):
+def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
+    needs_data, tmp_path, capsys
+):
     mount_point = tmp_path / "disk"
     with _tiny_filesystem(mount_point, "520k"):
         code, err, run_dir = _train_on_full_disk(mount_point, capsys)
@@ -393,36 +489,41 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(needs_dat
         assert restore(run_dir).epoch == saved[-1]
         # With space again, --resume completes the run.
         subprocess.run(["mount", "-o", "remount,size=4m", str(mount_point)], check=True)
-        code, out, err = run(capsys, "train", "--runs-dir", mount_point, "--name", "full",
-                             "--resume")
+        code, out, err = run(
+            capsys, "train", "--runs-dir", mount_point, "--name", "full", "--resume"
+        )
         assert code == 0, err
         assert history_epochs(run_dir) == [1, 2, 3, 4, 5, 6]
         assert restore(run_dir).epoch == 6
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_failing_write_of_the_first_checkpoint_leaves_no_checkpoint(needs_data, tmp_path,
-                                                                    capsys):
+def test_failing_write_of_the_first_checkpoint_leaves_no_checkpoint(needs_data, tmp_path, capsys):
     # Files may not grow beyond 20 kB (the array file of a checkpoint is ~85 kB): the write
     # fails with EFBIG instead of the process being killed by SIGXFSZ.
     previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
     try:
-        code, _, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "efbig", *TINY,
-                           "--epochs", "2")
+        code, _, err = run(
+            capsys, "train", "--runs-dir", tmp_path, "--name", "efbig", *TINY, "--epochs", "2"
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous_handler)
     assert code == 2, err
-    assert err.strip().splitlines()[-1].startswith(
-        "jaxmlp: error: cannot save the checkpoint of epoch 1"), err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("jaxmlp: error: cannot save the checkpoint of epoch 1")
+    ), err
     run_dir = tmp_path / "efbig"
     assert checkpoints.list_steps(run_dir / "checkpoints") == []
     assert history_epochs(run_dir) == []
     # The same command then trains the run from the start.
-    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, "--name", "efbig", *TINY,
-                       "--epochs", "2")
+    code, _, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "efbig", *TINY, "--epochs", "2"
+    )
     assert code == 0, err
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
     assert history_epochs(run_dir) == [1, 2]
@@ -439,15 +540,17 @@ def _write_images(folder: Path) -> dict[str, Path]:
     seven = np.full((27, 27), 255, np.uint8)
     seven[5, 6:21] = 0
     seven[5:23, 18:21] = 0
-    paths = {"27x27": folder / "seven_27x27.png", "rgb": folder / "seven_rgb.png",
-             "rgba": folder / "seven_rgba.png"}
+    paths = {
+        "27x27": folder / "seven_27x27.png",
+        "rgb": folder / "seven_rgb.png",
+        "rgba": folder / "seven_rgba.png",
+    }
     Image.fromarray(seven).save(paths["27x27"])
     rgb = np.stack([np.kron(seven, np.ones((3, 3), np.uint8))] * 3, axis=-1)
     rgb[..., 0] = np.maximum(rgb[..., 0], 90)  # a reddish pen on white paper
     Image.fromarray(rgb, "RGB").save(paths["rgb"])
     alpha = np.where(seven < 128, 255, 0).astype(np.uint8)
-    Image.fromarray(np.stack([np.zeros_like(seven)] * 3 + [alpha], -1), "RGBA").save(
-        paths["rgba"])
+    Image.fromarray(np.stack([np.zeros_like(seven)] * 3 + [alpha], -1), "RGBA").save(paths["rgba"])
     return paths
 
 
@@ -504,8 +607,19 @@ def _half_delete(step_dir: Path) -> None:
 
 def test_half_deleted_checkpoint_is_removed_by_the_next_save(run_copy, capsys):
     _half_delete(run_copy / "checkpoints" / "1")
-    code, _, err = run(capsys, "train", "--runs-dir", run_copy.parent, "--name", "base",
-                       "--resume", "--epochs", "4", "--keep-checkpoints", "3")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        run_copy.parent,
+        "--name",
+        "base",
+        "--resume",
+        "--epochs",
+        "4",
+        "--keep-checkpoints",
+        "3",
+    )
     assert code == 0, err
     assert "unreadable" not in err  # resumed from epoch 3, never looked at epoch 1
     assert checkpoints.list_steps(run_copy / "checkpoints") == [2, 3, 4]

@@ -91,8 +91,10 @@ def _official_gz_root(name: str) -> Path:
         f.filename for f in data.DATASETS[name].files.values() if not (root / f.filename).exists()
     ]
     if missing:
-        message = (f"{root} holds verified {name} files but not the official .gz bytes "
-                   f"({', '.join(missing)}), which this test needs")
+        message = (
+            f"{root} holds verified {name} files but not the official .gz bytes "
+            f"({', '.join(missing)}), which this test needs"
+        )
         if _required("JAXMLP_REQUIRE_DATA"):
             pytest.fail(message + " (JAXMLP_REQUIRE_DATA=1)")
         pytest.skip(message)

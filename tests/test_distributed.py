@@ -35,8 +35,13 @@ def _env() -> dict[str, str]:
 
 
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HELPER), *map(str, args)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), *map(str, args)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(processes: list[subprocess.Popen]) -> list[str]:
@@ -50,8 +55,10 @@ def _finish(processes: list[subprocess.Popen]) -> list[str]:
         for process in processes:
             process.kill()
         logs = [process.communicate()[0] for process in processes]
-        pytest.fail(f"a child process did not finish within {TIMEOUT} s:\n" +
-                    "\n---\n".join(log[-2000:] for log in logs))
+        pytest.fail(
+            f"a child process did not finish within {TIMEOUT} s:\n"
+            + "\n---\n".join(log[-2000:] for log in logs)
+        )
     for process, out in zip(processes, outputs, strict=True):
         assert process.returncode == 0, out[-3000:]
     return outputs
@@ -86,8 +93,19 @@ def test_sharded_over_virtual_devices_matches_one_device(tmp_path):
 def test_two_processes_train_together_like_one(tmp_path):
     port = _free_port()
     workers = [
-        _start("worker", "--process-id", i, "--num-processes", 2, "--port", port,
-               "--devices", 2, "--out", tmp_path / f"worker{i}.npz")
+        _start(
+            "worker",
+            "--process-id",
+            i,
+            "--num-processes",
+            2,
+            "--port",
+            port,
+            "--devices",
+            2,
+            "--out",
+            tmp_path / f"worker{i}.npz",
+        )
         for i in range(2)
     ]
     single = _start("single", "--devices", 1, "--out", tmp_path / "single.npz")
@@ -97,8 +115,9 @@ def test_two_processes_train_together_like_one(tmp_path):
         assert report["process"] == i and report["processes"] == 2
         assert report["local_devices"] == 2 and report["global_devices"] == 4
         assert report["mesh"] == "data-parallel over 4 devices (cpu) in 2 processes"
-    first, second, alone = (np.load(tmp_path / f"{name}.npz")
-                            for name in ("worker0", "worker1", "single"))
+    first, second, alone = (
+        np.load(tmp_path / f"{name}.npz") for name in ("worker0", "worker1", "single")
+    )
     # Both processes hold the same replicated parameters, bit for bit ...
     assert _max_difference(first, second) == 0.0
     # ... and they are those of the one-device run.
@@ -110,9 +129,31 @@ def test_two_processes_train_together_like_one(tmp_path):
 def test_device_count_benchmark_runs_and_writes_its_report(tmp_path):
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.devices", "--counts", "1", "2", "--examples", "1024",
-         "--batch", "128", "--epochs", "1", "--hidden", "32", "--no-gpu", "--out", str(tmp_path)],
-        cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.devices",
+            "--counts",
+            "1",
+            "2",
+            "--examples",
+            "1024",
+            "--batch",
+            "128",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--no-gpu",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (report_file,) = tmp_path.glob("devices-*.json")
     report = json.loads(report_file.read_text())

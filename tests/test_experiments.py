@@ -69,8 +69,9 @@ def test_book_adagrad_close_to_configured_optax():
 def test_sampling_with_replacement_vmaps_over_seeds():
     x, y = _fake_mnist(200)
     optimizer = jaxmlp.optimizer("sgd", 0.1)
-    states = [jaxmlp.create_train_state(jax.random.key(s), (784, 8, 10), optimizer)
-              for s in range(3)]
+    states = [
+        jaxmlp.create_train_state(jax.random.key(s), (784, 8, 10), optimizer) for s in range(3)
+    ]
     one = [dlfs.sample_and_train(s, x, y, 16, 5)[1] for s in states]
     run = jax.vmap(lambda s, x, y: dlfs.sample_and_train(s, x, y, 16, 5), in_axes=(0, None, None))
     _, losses = run(dlfs.stack(states), jnp.asarray(x), jnp.asarray(y))

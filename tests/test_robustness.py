@@ -22,8 +22,20 @@ import pytest
 from jaxmlp import checkpoints, cli, data
 from jaxmlp import config as cfglib
 
-TINY = ["--train-limit", "1000", "--test-limit", "300", "--validation", "300",
-        "--batch-size", "100", "--hidden", "16", "--no-plots", "--quiet"]
+TINY = [
+    "--train-limit",
+    "1000",
+    "--test-limit",
+    "300",
+    "--validation",
+    "300",
+    "--batch-size",
+    "100",
+    "--hidden",
+    "16",
+    "--no-plots",
+    "--quiet",
+]
 CHILD_TIMEOUT = 240  # seconds; a hung child fails the test instead of blocking CI
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
@@ -83,8 +95,12 @@ def _final(run_dir: Path) -> checkpoints.Restored:
 def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
     epochs = 40
     common = ["--runs-dir", tmp_path, *TINY, "--epochs", epochs, "--keep-checkpoints", "2"]
-    straight = subprocess.run(_jaxmlp("train", *common, "--name", "straight"),
-                              capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    straight = subprocess.run(
+        _jaxmlp("train", *common, "--name", "straight"),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
     assert straight.returncode == 0, straight.stderr
 
     rng = np.random.default_rng()
@@ -96,8 +112,9 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
         assert attempts <= 12, f"the run finished before 5 kills landed: {kills}"
         before = max(checkpoints.list_steps(run_dir / "checkpoints"), default=0)
         argv = ["train", *common, "--name", "killed"] + (["--resume"] if run_dir.exists() else [])
-        process = subprocess.Popen(_jaxmlp(*argv), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            _jaxmlp(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         started = time.monotonic()
         if not kills:
             # The first kill: anywhere in start-up (imports, data, compile) or the first epochs.
@@ -105,8 +122,10 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
         else:
             # Later kills: once this process has saved a new epoch, a random moment later:
             # mid-epoch, mid-checkpoint, mid-deletion of an old checkpoint, mid-history write.
-            while (max(checkpoints.list_steps(run_dir / "checkpoints"), default=0) <= before
-                   and process.poll() is None):
+            while (
+                max(checkpoints.list_steps(run_dir / "checkpoints"), default=0) <= before
+                and process.poll() is None
+            ):
                 assert time.monotonic() - started < CHILD_TIMEOUT, "no new checkpoint in time"
                 time.sleep(0.01)
             delay = rng.uniform(0.0, 0.3)
@@ -129,24 +148,40 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
         # newest checkpoint (killed between the two writes).
         assert history == list(range(1, len(history) + 1))
         assert not saved or saved[-1] - 1 <= len(history) <= saved[-1]
-        kills.append({"after_s": round(time.monotonic() - started, 2), "checkpoints": saved,
-                      "half_deleted": unreadable, "history_epochs": len(history)})
+        kills.append(
+            {
+                "after_s": round(time.monotonic() - started, 2),
+                "checkpoints": saved,
+                "half_deleted": unreadable,
+                "history_epochs": len(history),
+            }
+        )
     print(f"kill points survived: {len(kills)}: {kills}")
     assert len(kills) >= 5
 
-    final = subprocess.run(_jaxmlp("train", "--runs-dir", tmp_path, "--name", "killed",
-                                   "--resume", "--no-plots", "--quiet"),
-                           capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    final = subprocess.run(
+        _jaxmlp(
+            "train", "--runs-dir", tmp_path, "--name", "killed", "--resume", "--no-plots", "--quiet"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
     assert final.returncode == 0, final.stderr
     assert _history(run_dir) == list(range(1, epochs + 1))
     assert _restore_each(run_dir, tmp_path) == ([epochs - 1, epochs], [])
     a, b = _final(tmp_path / "straight"), _final(run_dir)
     assert a.epoch == b.epoch == epochs
-    for u, v in zip(jax.tree.leaves(checkpoints.state_arrays(a.state)),
-                    jax.tree.leaves(checkpoints.state_arrays(b.state)), strict=True):
+    for u, v in zip(
+        jax.tree.leaves(checkpoints.state_arrays(a.state)),
+        jax.tree.leaves(checkpoints.state_arrays(b.state)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-    losses = [[r["loss"] for r in json.loads((d / "history.json").read_text())]
-              for d in (tmp_path / "straight", run_dir)]
+    losses = [
+        [r["loss"] for r in json.loads((d / "history.json").read_text())]
+        for d in (tmp_path / "straight", run_dir)
+    ]
     assert losses[0] == losses[1]
 
 
@@ -158,17 +193,33 @@ def soak(tmp_path_factory):
     out = root / "soak.json"
     helper = Path(__file__).with_name("helpers_soak.py")
     child = subprocess.run(
-        [sys.executable, str(helper), str(out), "--", "--runs-dir", str(root),
-         "--name", "soak", *TINY, "--epochs", "100"],
-        capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+        [
+            sys.executable,
+            str(helper),
+            str(out),
+            "--",
+            "--runs-dir",
+            str(root),
+            "--name",
+            "soak",
+            *TINY,
+            "--epochs",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
     assert child.returncode == 0, child.stderr
     report = json.loads(out.read_text())
     assert report["exit"] == 0
     samples = {s["epoch"]: s for s in report["epochs"]}
     rss = {e: samples[e]["rss_kib"] / 1024 for e in (5, 50, 100)}
     fds = {e: samples[e]["fds"] for e in (5, 50, 100)}
-    print(f"soak RSS MiB at epochs 5/50/100: {rss[5]:.1f} / {rss[50]:.1f} / {rss[100]:.1f}; "
-          f"open fds: {fds[5]} / {fds[50]} / {fds[100]}")
+    print(
+        f"soak RSS MiB at epochs 5/50/100: {rss[5]:.1f} / {rss[50]:.1f} / {rss[100]:.1f}; "
+        f"open fds: {fds[5]} / {fds[50]} / {fds[100]}"
+    )
     return root / "soak", samples, rss
 
 
@@ -184,10 +235,13 @@ def test_soak_100_epochs_without_leaking_file_handles_or_sizeable_memory(soak):
     assert rss[100] - rss[5] < 64.0, rss
 
 
-@pytest.mark.xfail(strict=True, reason="RSS grows by ~0.3 MiB per epoch (+28 MiB from epoch 5 "
-                   "to 100): orbax/tensorstore keep ~30-40 kB per checkpoint written (seen with "
-                   "checkpoints.save alone) and the growing history in each checkpoint's JSON "
-                   "adds more")
+@pytest.mark.xfail(
+    strict=True,
+    reason="RSS grows by ~0.3 MiB per epoch (+28 MiB from epoch 5 "
+    "to 100): orbax/tensorstore keep ~30-40 kB per checkpoint written (seen with "
+    "checkpoints.save alone) and the growing history in each checkpoint's JSON "
+    "adds more",
+)
 def test_soak_memory_is_flat_from_epoch_5_to_100(soak):
     _, _, rss = soak
     assert rss[100] - rss[5] < 4.0, rss

@@ -16,8 +16,16 @@ Y = (np.arange(40) % 3).astype(np.int32)
 
 
 def _fit(mesh, batch_size=8):
-    return jaxmlp.fit(jax.random.key(1), (6, 5, 3), X, Y, optimizer=jaxmlp.optimizer("adam", 1e-2),
-                      epochs=2, batch_size=batch_size, mesh=mesh)
+    return jaxmlp.fit(
+        jax.random.key(1),
+        (6, 5, 3),
+        X,
+        Y,
+        optimizer=jaxmlp.optimizer("adam", 1e-2),
+        epochs=2,
+        batch_size=batch_size,
+        mesh=mesh,
+    )
 
 
 def test_mesh_spans_all_devices_on_a_data_axis():
@@ -45,8 +53,9 @@ def test_replicate_places_every_leaf_and_keeps_static_fields():
     host = sharding.to_host(placed)
     assert isinstance(host[1], np.ndarray)
     np.testing.assert_array_equal(host[1], X)
-    new_state, metrics = jaxmlp.train_epoch(*placed, sharding.replicate(Y, mesh), batch_size=8,
-                                            mesh=mesh)
+    new_state, metrics = jaxmlp.train_epoch(
+        *placed, sharding.replicate(Y, mesh), batch_size=8, mesh=mesh
+    )
     assert int(new_state.step) == 5 and int(metrics["diverged_at_step"]) == -1
 
 
@@ -109,11 +118,34 @@ def test_cli_data_parallel_matches_a_single_device_run(tmp_path):
     data_dir = _real_root("mnist").parent
 
     def train(name, *extra, devices=1):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                   JAXMLP_DATA_DIR=str(data_dir))
-        command = [sys.executable, "-m", "jaxmlp", "train", "--runs-dir", str(tmp_path),
-                   "--name", name, "--hidden", "32", "--epochs", "2", "--train-limit", "2000",
-                   "--test-limit", "500", "--validation", "0", "--no-plots", "--json", *extra]
+        env = dict(
+            os.environ,
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+            JAXMLP_DATA_DIR=str(data_dir),
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "jaxmlp",
+            "train",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            name,
+            "--hidden",
+            "32",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "2000",
+            "--test-limit",
+            "500",
+            "--validation",
+            "0",
+            "--no-plots",
+            "--json",
+            *extra,
+        ]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -123,10 +155,23 @@ def test_cli_data_parallel_matches_a_single_device_run(tmp_path):
     losses = lambda events: [e["loss"] for e in events if e.get("event") == "epoch"]
     np.testing.assert_allclose(losses(parallel), losses(single), rtol=1e-5)
     refused = subprocess.run(
-        [sys.executable, "-m", "jaxmlp", "train", "--data-parallel", "--batch-size", "127",
-         "--runs-dir", str(tmp_path), "--name", "odd"],
+        [
+            sys.executable,
+            "-m",
+            "jaxmlp",
+            "train",
+            "--data-parallel",
+            "--batch-size",
+            "127",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            "odd",
+        ],
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2
     assert "does not divide over the 2 devices" in refused.stderr
