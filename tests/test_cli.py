@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import assert_one_line_error, require_mnist, restore_final, run
 
-from jaxmlp import checkpoints, cli, data
+from jaxmlp import checkpoints, cli
 from jaxmlp import config as cfglib
 
 ASSETS = Path(__file__).parent / "assets" / "digits"
@@ -35,54 +36,15 @@ SMALL = [
 ]
 
 
-def _mnist_available() -> str | None:
-    statuses = data.status("mnist")
-    if all(s.state == "verified" for s in statuses):
-        return None
-    return "official MNIST files not found: " + "; ".join(
-        f"{s.filename}: {s.state}" for s in statuses
-    )
-
-
-_MISSING = _mnist_available()
-
-
 @pytest.fixture
 def needs_data():
-    if _MISSING is not None:
-        if os.environ.get("JAXMLP_REQUIRE_DATA", "") not in ("", "0"):
-            pytest.fail(_MISSING)
-        pytest.skip(_MISSING)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("jaxmlp"), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def final_params(run_dir: Path):
-    config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
-    restored = checkpoints.restore_latest(run_dir / "checkpoints", target)
-    return restored
+    require_mnist()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small run, configured through a TOML file, shared by the read-only tests."""
-    if _MISSING is not None:
-        pytest.skip(_MISSING)
+    require_mnist()
     root = tmp_path_factory.mktemp("cli")
     config_file = root / "small.toml"
     config_file.write_text("hidden = [64]\nlearning-rate = 2e-3\nepochs = 2\nseed = 3\n")
@@ -221,7 +183,7 @@ def test_interrupted_run_resumes_exactly(needs_data, tmp_path, capsys, monkeypat
     history = json.loads((split / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
-    a, b = final_params(tmp_path / "straight"), final_params(split)
+    a, b = restore_final(tmp_path / "straight"), restore_final(split)
     assert a.epoch == b.epoch == 3
     for x, y in zip(
         checkpoints.state_arrays(a.state).values(),
@@ -261,7 +223,7 @@ def test_corrupted_latest_checkpoint_falls_back(trained, tmp_path, capsys):
     assert "falling back" in err and "resuming" in out
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
     assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1, 2]
-    assert final_params(run_dir).epoch == 2
+    assert restore_final(run_dir).epoch == 2
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path, capsys):
@@ -392,7 +354,7 @@ def test_data_status(needs_data, capsys):
 def test_bad_arguments_give_one_line(argv, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
-    assert_one_line_error(code, err, *fragments)
+    assert_one_line_error(code, err, *fragments, usage=True)
 
 
 @pytest.mark.parametrize(
@@ -477,7 +439,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(needs_data, tmp_path, c
     assert code == 0, err
     history = json.loads((tmp_path / "killed" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
-    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "killed")
+    a, b = restore_final(tmp_path / "straight"), restore_final(tmp_path / "killed")
     import jax
 
     for u, v in zip(

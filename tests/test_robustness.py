@@ -8,7 +8,6 @@ in a process of its own) on 1000 MNIST images with a 784-16-10 model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,8 +17,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from cli_support import history_epochs, require_mnist, restore_final
 
-from jaxmlp import checkpoints, cli, data
+from jaxmlp import checkpoints, cli
 from jaxmlp import config as cfglib
 
 TINY = [
@@ -41,18 +41,9 @@ CHILD_TIMEOUT = 240  # seconds; a hung child fails the test instead of blocking 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 
-def _skip_without_data() -> None:
-    statuses = data.status("mnist")
-    if not all(s.state == "verified" for s in statuses):
-        reason = "official MNIST files not found"
-        if os.environ.get("JAXMLP_REQUIRE_DATA", "") not in ("", "0"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture(autouse=True)
 def needs_data():
-    _skip_without_data()
+    require_mnist()
 
 
 def _jaxmlp(*argv) -> list[str]:
@@ -77,19 +68,6 @@ def _restore_each(run_dir: Path, scratch: Path) -> tuple[list[int], list[int]]:
             readable.append(epoch)
         shutil.rmtree(alone)
     return readable, unreadable
-
-
-def _history(run_dir: Path) -> list[int]:
-    path = run_dir / "history.json"
-    if not path.exists():
-        return []
-    return [r["epoch"] for r in json.loads(path.read_text())]
-
-
-def _final(run_dir: Path) -> checkpoints.Restored:
-    config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
-    return checkpoints.restore_latest(run_dir / "checkpoints", target)
 
 
 def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -137,7 +115,7 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
         process.wait(timeout=30)
         process.stderr.close()
         saved, unreadable = _restore_each(run_dir, tmp_path) if run_dir.exists() else ([], [])
-        history = _history(run_dir)
+        history = history_epochs(run_dir)
         # Never a half-written checkpoint: the newest ones all read back and verify. The one
         # exception: a kill while orbax deletes the oldest checkpoint (beyond
         # --keep-checkpoints) leaves that one partly deleted until the next save removes it
@@ -168,9 +146,9 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
         timeout=CHILD_TIMEOUT,
     )
     assert final.returncode == 0, final.stderr
-    assert _history(run_dir) == list(range(1, epochs + 1))
+    assert history_epochs(run_dir) == list(range(1, epochs + 1))
     assert _restore_each(run_dir, tmp_path) == ([epochs - 1, epochs], [])
-    a, b = _final(tmp_path / "straight"), _final(run_dir)
+    a, b = restore_final(tmp_path / "straight"), restore_final(run_dir)
     assert a.epoch == b.epoch == epochs
     for u, v in zip(
         jax.tree.leaves(checkpoints.state_arrays(a.state)),
@@ -188,7 +166,7 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     """One 100-epoch run (checkpoint every epoch) with RSS and open fds after each save."""
-    _skip_without_data()
+    require_mnist()
     root = tmp_path_factory.mktemp("soak")
     out = root / "soak.json"
     helper = Path(__file__).with_name("helpers_soak.py")
@@ -226,7 +204,7 @@ def soak(tmp_path_factory):
 def test_soak_100_epochs_without_leaking_file_handles_or_sizeable_memory(soak):
     run_dir, samples, rss = soak
     assert sorted(samples) == list(range(1, 101))
-    assert _history(run_dir) == list(range(1, 101))
+    assert history_epochs(run_dir) == list(range(1, 101))
     assert checkpoints.list_steps(run_dir / "checkpoints") == [98, 99, 100]
     # No file handle is leaked per epoch.
     assert max(s["fds"] for e, s in samples.items() if e >= 5) <= samples[5]["fds"]
