@@ -43,6 +43,12 @@ class ModelOptions:
       augment_shift: if > 0, each training image (square, e.g. 28 x 28) is translated by a
         random whole number of pixels in [-augment_shift, augment_shift] along each axis,
         inside the compiled step, filling with the edge pixels.
+      augment_rotate: if > 0, each training image is also rotated by a random angle in
+        [-augment_rotate, augment_rotate] degrees about its centre (bilinear interpolation,
+        edge-filled), inside the compiled step.
+      augment_scale: if > 0, each training image is also zoomed by a random factor in
+        [1 - augment_scale, 1 + augment_scale] about its centre. With a rotation or a zoom the
+        shift of ``augment_shift`` is applied in the same resampling.
       gradient: ``autodiff`` (``jax.value_and_grad`` of the loss) or ``backprop`` (the
         hand-derived backward pass); they agree to rounding.
     """
@@ -54,6 +60,8 @@ class ModelOptions:
     input_dropout_rate: float = 0.0
     max_norm: float | None = None
     augment_shift: int = 0
+    augment_rotate: float = 0.0
+    augment_scale: float = 0.0
     gradient: str = "autodiff"
 
     def __post_init__(self):
@@ -72,7 +80,22 @@ class ModelOptions:
             raise ValueError(
                 f"augment_shift={self.augment_shift!r} is invalid; expected an integer >= 0"
             )
+        _validation.check_non_negative("augment_rotate", self.augment_rotate)
+        if self.augment_rotate > 180:
+            raise ValueError(
+                f"augment_rotate={self.augment_rotate!r} is invalid; expected degrees in [0, 180]"
+            )
+        _validation.check_non_negative("augment_scale", self.augment_scale)
+        if self.augment_scale >= 1:
+            raise ValueError(
+                f"augment_scale={self.augment_scale!r} is invalid; expected a fraction in [0, 1)"
+            )
         _validation.check_choice("gradient", self.gradient, GRADIENTS)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are transformed at random inside the step."""
+        return bool(self.augment_shift or self.augment_rotate or self.augment_scale)
 
 
 @flax.struct.dataclass
@@ -169,6 +192,43 @@ def _shift_images(images, key, max_shift: int):
     return jax.vmap(crop)(padded, offsets).reshape(batch, features)
 
 
+def _affine_images(images, key, max_shift: int, max_rotate: float, max_scale: float):
+    """Rotate (degrees), zoom and shift (whole pixels) each flattened square image at random
+    about its centre, resampled bilinearly with edge fill."""
+    batch, features = images.shape
+    side = math.isqrt(features)
+    k_angle, k_scale, k_shift = jax.random.split(key, 3)
+    angle = jnp.deg2rad(
+        jax.random.uniform(k_angle, (batch,), minval=-max_rotate, maxval=max_rotate)
+    )
+    scale = jax.random.uniform(k_scale, (batch,), minval=1 - max_scale, maxval=1 + max_scale)
+    if max_shift:
+        shift = jax.random.randint(k_shift, (batch, 2), -max_shift, max_shift + 1)
+    else:
+        shift = jnp.zeros((batch, 2), jnp.int32)
+    centre = (side - 1) / 2
+    rows, cols = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing="ij")
+
+    def warp(image, angle, scale, shift):
+        # Output pixel p reads the input at centre + R(-angle) (p - centre - shift) / scale.
+        r = rows - centre - shift[0]
+        c = cols - centre - shift[1]
+        cos, sin = jnp.cos(angle), jnp.sin(angle)
+        source = [(cos * r + sin * c) / scale + centre, (-sin * r + cos * c) / scale + centre]
+        return jax.scipy.ndimage.map_coordinates(image, source, order=1, mode="nearest")
+
+    squares = images.reshape(batch, side, side)
+    return jax.vmap(warp)(squares, angle, scale, shift).reshape(batch, features)
+
+
+def _augment(images, key, options: ModelOptions):
+    if options.augment_rotate or options.augment_scale:
+        return _affine_images(
+            images, key, options.augment_shift, options.augment_rotate, options.augment_scale
+        )
+    return _shift_images(images, key, options.augment_shift)
+
+
 def _clip_max_norm(params, max_norm):
     def clip(layer):
         norms = jnp.sqrt(jnp.sum(layer["w"] ** 2, axis=0, keepdims=True))
@@ -180,7 +240,7 @@ def _clip_max_norm(params, max_norm):
 
 def _needs_key(options: ModelOptions) -> bool:
     """Whether a step draws random numbers (dropout masks or shifts); keys cost time per step."""
-    return bool(options.augment_shift or options.dropout_rate or options.input_dropout_rate)
+    return bool(options.augments or options.dropout_rate or options.input_dropout_rate)
 
 
 def _step(state: TrainState, x, labels, weights, step_key):
@@ -191,8 +251,8 @@ def _step(state: TrainState, x, labels, weights, step_key):
     augment_key = dropout_key = None
     if _needs_key(options):
         augment_key, dropout_key = jax.random.split(step_key)
-    if options.augment_shift:
-        x = _shift_images(x, augment_key, options.augment_shift)
+    if options.augments:
+        x = _augment(x, augment_key, options)
     loss, grads, logits = _loss_and_grads(
         state.params, x, labels, weights, options, dropout_key if uses_dropout else None
     )
@@ -475,9 +535,14 @@ def _check_mesh(mesh, batch_size):
 
 
 def _check_augmentation(options: ModelOptions, features: int):
-    if options.augment_shift and math.isqrt(features) ** 2 != features:
+    if options.augments and math.isqrt(features) ** 2 != features:
+        used = [
+            name
+            for name in ("augment_shift", "augment_rotate", "augment_scale")
+            if getattr(options, name)
+        ]
         raise ValueError(
-            f"augment_shift needs square images, but each example has {features} features"
+            f"{', '.join(used)} needs square images, but each example has {features} features"
         )
 
 
