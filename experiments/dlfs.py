@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxmlp
+import jaxmlp.multi
 from experiments import common
 
 BOOK_GRAD_CHECK = {"W1": 1.8e-6, "b1": 2.4e-5, "W2": 6.2e-9, "b2": 1.4e-7}
@@ -70,11 +71,6 @@ def sample_and_train(state, images, labels, batch_size, steps):
         return state, jaxmlp.loss(state.params, xb, yb, activation=state.options.activation)
 
     return jax.lax.scan(body, state, None, length=steps)
-
-
-def stack(states):
-    """One train state whose leaves carry a leading model axis (static fields must agree)."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +190,7 @@ def optimizer_comparison(ds, seeds: list[int], iterations: int, out, quick) -> d
     results = {}
     for name, (kind, lr, hp) in OPTIMIZERS.items():
         optimizer = jaxmlp.optimizer(kind, lr, **hp)
-        states = stack(
+        states = jaxmlp.multi.stack_states(
             [
                 jaxmlp.create_train_state(jax.random.key(seed), sizes, optimizer, init="he")
                 for seed in seeds

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import jaxmlp
+import jaxmlp.multi
 import jaxmlp.training
 from experiments import common, dlfs
 
@@ -55,7 +56,7 @@ def seeds_case(ds, n_seeds: int, steps: int) -> dict:
     sequential = [common.block(compiled(s, x, y))[1] for s in states]
     sequential_run = time.perf_counter() - start
     (_, vmapped), vmap_compile, vmap_run = _timed(
-        jax.vmap(one, in_axes=(0, None, None)), dlfs.stack(states), x, y
+        jax.vmap(one, in_axes=(0, None, None)), jaxmlp.multi.stack_states(states), x, y
     )
     difference = float(np.max(np.abs(np.asarray(vmapped) - np.stack(sequential))))
     return {
@@ -100,7 +101,7 @@ def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
     sequential = [common.block(compiled(s, x, y)) for s in states]
     sequential_run = time.perf_counter() - start
     (final, losses), vmap_compile, vmap_run = _timed(
-        jax.vmap(train, in_axes=(0, None, None)), dlfs.stack(states), x, y
+        jax.vmap(train, in_axes=(0, None, None)), jaxmlp.multi.stack_states(states), x, y
     )
     difference = float(
         max(

@@ -10,9 +10,11 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
     state, history = jaxmlp.fit(key, (784, 256, 10), x, y, optimizer=jaxmlp.optimizer("adam",
                                 1e-3), epochs=5, batch_size=128)
 
-Data lives in :mod:`jaxmlp.data`.
+Data lives in :mod:`jaxmlp.data`; many models trained together in one vmapped program in
+:mod:`jaxmlp.multi`.
 """
 
+from jaxmlp import multi
 from jaxmlp.backprop import backprop
 from jaxmlp.losses import (
     cross_entropy,
@@ -57,6 +59,7 @@ __all__ = [
     "layer_sizes_of",
     "log_softmax",
     "loss",
+    "multi",
     "numerical_grad",
     "optimizer",
     "parameter_count",

@@ -620,6 +620,8 @@ def build_state_options(config: RunConfig):
         input_dropout_rate=config.input_dropout,
         max_norm=config.max_norm,
         augment_shift=config.augment_shift,
+        augment_rotate=config.augment_rotate,
+        augment_scale=config.augment_scale,
         gradient=config.gradient,
     )
 

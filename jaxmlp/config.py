@@ -143,6 +143,18 @@ class RunConfig:
         group="reg",
         metavar="PIXELS",
     )
+    augment_rotate: float = _option(
+        0.0,
+        "random rotation of training images by up to this many degrees",
+        group="reg",
+        metavar="DEGREES",
+    )
+    augment_scale: float = _option(
+        0.0,
+        "random zoom of training images by a factor in [1 - S, 1 + S]",
+        group="reg",
+        metavar="S",
+    )
     # Optimisation
     optimizer: str = _option("adam", "optimizer", group="opt", choices=OPTIMIZERS)
     learning_rate: float = _option(1e-3, "peak learning rate", group="opt", metavar="LR")
@@ -305,6 +317,8 @@ def _check_values(config: RunConfig) -> None:
         "validation",
         "warmup_steps",
         "augment_shift",
+        "augment_rotate",
+        "augment_scale",
         "l2",
         "init_scale",
         "final_lr_fraction",
@@ -313,6 +327,14 @@ def _check_values(config: RunConfig) -> None:
         at_least(name, 0)
     for name in ("learning_rate", "max_norm", "decay_rate", "init_scale"):
         at_least(name, 0, strict=True)
+    if config.augment_rotate > 180:
+        raise ConfigError(
+            f"augment_rotate={config.augment_rotate!r} is invalid; expected degrees in [0, 180]"
+        )
+    if config.augment_scale >= 1:
+        raise ConfigError(
+            f"augment_scale={config.augment_scale!r} is invalid; expected a fraction in [0, 1)"
+        )
     for name in ("dropout", "input_dropout"):
         value = getattr(config, name)
         if not 0.0 <= value < 1.0:

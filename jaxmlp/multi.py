@@ -49,10 +49,16 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
     for i, state in enumerate(states[1:], start=1):
         if not isinstance(state, TrainState):
             raise TypeError(f"states[{i}] is a {type(state).__name__}, expected a TrainState")
+        if state.optimizer is not first.optimizer:
+            raise ValueError(
+                f"states[{i}] has another optimizer than states[0]; stacked states must be "
+                "created with the same optimizer object (build it once, pass it to every "
+                "create_train_state)"
+            )
         if jax.tree.structure(state) != jax.tree.structure(first):
             raise ValueError(
-                f"states[{i}] has another structure than states[0] (optimizer, options or number "
-                "of layers differ); only states built with the same optimizer and options stack"
+                f"states[{i}] has another structure than states[0] (options or number of "
+                "layers differ); only states built with the same optimizer and options stack"
             )
         shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(state)]
         first_shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(first)]

@@ -339,6 +339,9 @@ def test_data_status(needs_data, capsys):
     [
         (["train", "--epochs", "0"], ["epochs"]),
         (["train", "--dropout", "1.5"], ["dropout"]),
+        (["train", "--augment-rotate", "200"], ["augment_rotate=200.0", "[0, 180]"]),
+        (["train", "--augment-scale", "1"], ["augment_scale=1.0", "[0, 1)"]),
+        (["train", "--augment-scale", "-0.1"], ["augment_scale"]),
         (["train", "--optimizer", "adamm"], ["--optimizer", "adamm"]),
         (["train", "--learning-rate", "fast"], ["--learning-rate"]),
         (["train", "--optimizer", "adam", "--momentum", "0.9"], ["momentum"]),

@@ -227,3 +227,71 @@ def test_shift_augmentation_moves_pixels_and_keeps_shape():
     assert positions <= {r * 6 + c for r in (2, 3, 4) for c in (2, 3, 4)}
     assert len(positions) > 3
     np.testing.assert_allclose(np.asarray(shifted).sum(axis=1), 1.0)
+
+
+def test_affine_augmentation_without_rotation_or_zoom_is_an_exact_whole_pixel_shift():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.random((40, 64), np.float32))
+    out = np.asarray(training._affine_images(images, jax.random.key(1), 2, 0.0, 0.0))
+    # Each output must equal its input shifted by some (dr, dc) in [-2, 2]^2 with edge fill.
+    for image, moved in zip(np.asarray(images).reshape(40, 8, 8), out.reshape(40, 8, 8)):
+        padded = np.pad(image, 2, mode="edge")
+        matches = [
+            (dr, dc)
+            for dr in range(-2, 3)
+            for dc in range(-2, 3)
+            if np.allclose(moved, padded[2 - dr : 10 - dr, 2 - dc : 10 - dc], atol=1e-6)
+        ]
+        assert matches, "an output is not a whole-pixel shift of its input"
+
+
+def test_affine_augmentation_rotates_about_the_centre_and_keeps_the_ink():
+    side = 28
+    image = np.zeros((side, side), np.float32)
+    image[4:24, 13:15] = 1.0  # a vertical bar through the centre
+    images = jnp.asarray(np.repeat(image.reshape(1, -1), 64, 0))
+    out = np.asarray(training._affine_images(images, jax.random.key(0), 0, 30.0, 0.0))
+    chex.assert_shape(out, (64, side * side))
+    assert np.all(np.isfinite(out)) and out.min() >= 0 and out.max() <= 1 + 1e-6
+    # Rotation about the centre keeps the bar's mass (bilinear resampling, nothing crosses the
+    # edge) and its centroid, but moves ink off the vertical band for most angles.
+    np.testing.assert_allclose(out.sum(axis=1), image.sum(), rtol=0.03)
+    rows, cols = np.mgrid[:side, :side]
+    for moved in out.reshape(64, side, side):
+        centroid = (np.sum(rows * moved) / moved.sum(), np.sum(cols * moved) / moved.sum())
+        np.testing.assert_allclose(centroid, (13.5, 13.5), atol=0.2)
+    off_band = out.reshape(64, side, side)[:, :, :12].sum(axis=(1, 2))
+    assert np.mean(off_band > 1.0) > 0.5
+    # Zoom only, by s in [0.8, 1.2]: the bar's length and width both scale by s, its mass by s^2.
+    zoomed = np.asarray(training._affine_images(images, jax.random.key(2), 0, 0.0, 0.2))
+    s = np.sqrt(zoomed.sum(axis=1) / image.sum())
+    assert 0.75 < s.min() < 0.92 and 1.08 < s.max() < 1.27  # (pixel rounding of a thin bar)
+
+
+def test_training_with_rotation_and_zoom_runs_in_the_epoch_and_is_deterministic():
+    x, y = _blobs(256, 64, 3)
+    options = dict(augment_rotate=10.0, augment_scale=0.1, augment_shift=1)
+    runs = [
+        jaxmlp.fit(
+            jax.random.key(0),
+            (64, 16, 3),
+            x,
+            y,
+            optimizer=jaxmlp.optimizer("adam", 1e-2),
+            epochs=2,
+            batch_size=64,
+            **options,
+        )[0].params
+        for _ in range(2)
+    ]
+    chex.assert_trees_all_equal(*runs)
+    plain = jaxmlp.fit(
+        jax.random.key(0),
+        (64, 16, 3),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("adam", 1e-2),
+        epochs=2,
+        batch_size=64,
+    )[0].params
+    assert not np.allclose(runs[0][0]["w"], plain[0]["w"])

@@ -133,3 +133,31 @@ def test_inputs_are_not_modified():
     np.testing.assert_array_equal(x, X + 0.5)
     np.testing.assert_array_equal(y, Y)
     assert jnp.asarray(x).dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"augment_rotate": -1.0}, "augment_rotate"),
+        ({"augment_rotate": 200.0}, r"augment_rotate=200.0 is invalid; expected degrees"),
+        ({"augment_scale": 1.0}, r"augment_scale=1.0 is invalid; expected a fraction"),
+        ({"augment_scale": -0.1}, "augment_scale"),
+    ],
+)
+def test_bad_augmentation_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        jaxmlp.ModelOptions(**options)
+
+
+def test_rotation_needs_square_images():
+    with pytest.raises(ValueError, match="augment_rotate needs square images"):
+        jaxmlp.fit(
+            jax.random.key(0),
+            (6, 3, 2),
+            np.zeros((5, 6), np.float32),
+            Y,
+            optimizer=ADAM,
+            epochs=1,
+            batch_size=2,
+            augment_rotate=5.0,
+        )
