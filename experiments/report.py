@@ -12,6 +12,7 @@ from experiments.common import RESULTS
 
 
 def _load(name):
+    """A result file by name, relative to experiments/results (e.g. ``h100/records_mnist``)."""
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -191,22 +192,29 @@ def rows():
                 )
             )
 
-    for task in ("mnist", "mnist_shift", "fashion"):
-        r = _load(f"records_{task}")
-        if r:
-            c = r["config"]
-            out.append(
-                (
-                    "records",
-                    f"{task}: test accuracy, % ({c['epochs']} epochs, "
-                    f"784-{c['sizes'][1]}-{c['sizes'][2]}-10, {r['wall_seconds']:.0f} s)",
-                    f"target {r['target'] * 100:.1f}",
-                    _pm(r["test_accuracy"]),
-                    f"`python -m experiments.records --task {task}"
+    for task in ("mnist", "mnist_augment", "fashion"):
+        for suffix in ("", "_all"):
+            for folder, machine in (("h100/", "H100"), ("", "2-core CPU")):
+                r = _load(f"{folder}records_{task}{suffix}")
+                if not r:
+                    continue
+                c = r["config"]
+                options = (
                     f"{' --epochs ' + str(c['epochs']) if c['epochs'] != c['task_default_epochs'] else ''}"  # noqa: E501
-                    f"{' --seeds ' + str(len(c['seeds'])) if len(c['seeds']) != 3 else ''}`",
+                    f"{' --seeds ' + str(len(c['seeds'])) if len(c['seeds']) != 3 else ''}"
+                    f"{' --all-train' if suffix else ''}"
                 )
-            )
+                out.append(
+                    (
+                        "records",
+                        f"{task}: test accuracy, % ({c['epochs']} epochs, "
+                        f"784-{c['sizes'][1]}-{c['sizes'][2]}-10, trained on {c['train']}; "
+                        f"{machine}, {r['wall_seconds']:.0f} s)",
+                        f"target {r['target'] * 100:.1f}",
+                        _pm(r["test_accuracy"]),
+                        f"`python -m experiments.records --task {task}{options}`",
+                    )
+                )
     return out
 
 
