@@ -74,7 +74,7 @@ def test_sampling_with_replacement_vmaps_over_seeds():
     ]
     one = [dlfs.sample_and_train(s, x, y, 16, 5)[1] for s in states]
     run = jax.vmap(lambda s, x, y: dlfs.sample_and_train(s, x, y, 16, 5), in_axes=(0, None, None))
-    _, losses = run(dlfs.stack(states), jnp.asarray(x), jnp.asarray(y))
+    _, losses = run(jaxmlp.multi.stack_states(states), jnp.asarray(x), jnp.asarray(y))
     assert losses.shape == (3, 5)
     np.testing.assert_allclose(np.asarray(losses), np.stack(one), rtol=1e-5, atol=1e-6)
 
@@ -100,3 +100,26 @@ def test_d2l_softmax_quick_run_writes_results(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "d2l_softmax_quick.json").read_text())
     assert result["test_accuracy"]["mean"] > 0.6  # one epoch of softmax regression
     assert (tmp_path / "d2l_softmax_quick.png").exists()
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("all_train", [False, True])
+def test_records_quick_run_writes_results(all_train, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from cli_support import require_mnist
+
+    from experiments import records
+
+    require_mnist()
+    argv = ["records", "--task", "mnist_augment", "--quick", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv + (["--all-train"] if all_train else []))
+    records.main()
+    name = f"records_mnist_augment{'_all' if all_train else ''}_quick"
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["config"]["augment_rotate"] == 10.0
+    assert result["config"]["train"] == 2000  # --quick trains on 2000 images
+    assert 0.2 < result["test_accuracy"]["mean"] <= 1.0
+    assert ("validation_accuracy" in result["history"][0]) is not all_train
+    assert (tmp_path / f"{name}.png").exists()

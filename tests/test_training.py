@@ -234,7 +234,8 @@ def test_affine_augmentation_without_rotation_or_zoom_is_an_exact_whole_pixel_sh
     images = jnp.asarray(rng.random((40, 64), np.float32))
     out = np.asarray(training._affine_images(images, jax.random.key(1), 2, 0.0, 0.0))
     # Each output must equal its input shifted by some (dr, dc) in [-2, 2]^2 with edge fill.
-    for image, moved in zip(np.asarray(images).reshape(40, 8, 8), out.reshape(40, 8, 8)):
+    originals = np.asarray(images).reshape(40, 8, 8)
+    for image, moved in zip(originals, out.reshape(40, 8, 8), strict=True):
         padded = np.pad(image, 2, mode="edge")
         matches = [
             (dr, dc)
