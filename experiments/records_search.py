@@ -33,6 +33,7 @@ BASE = {
     "rotate": 0.0,
     "scale": 0.0,
     "smoothing": 0.0,
+    "optimizer": "adam",
 }
 
 AFFINE = {"shift": 2, "rotate": 10.0, "scale": 0.1}
@@ -54,6 +55,10 @@ GRIDS = {
         "dropout0.4": {"dropout": 0.4, "input_dropout": 0.2},
         "input0.1": {"input_dropout": 0.1},
         "w1536_e150": {"width": 1536, "epochs": 150},
+        # third round: beyond what fits 20 minutes on 2 cores, to see where the recipe goes
+        "w4096": {"width": 4096},
+        "w2048_e300": {"width": 2048, "epochs": 300},
+        "nesterov_lr0.1": {"optimizer": "nesterov", "lr": 0.1},
     },
     "mnist_augment": {
         "shift2": {"shift": 2},
@@ -121,7 +126,7 @@ def train(c: dict, x, y, xv, yv, seeds, log_every: int = 10) -> dict:
     """Train the stacked seeds of one setting; validation accuracy after every epoch."""
     sizes = (784, *[c["width"]] * c["depth"], 10)
     steps = c["epochs"] * -(-x.shape[0] // c["batch"])
-    optimizer = jaxmlp.optimizer("adam", jaxmlp.schedule("cosine", c["lr"], steps))
+    optimizer = jaxmlp.optimizer(c["optimizer"], jaxmlp.schedule("cosine", c["lr"], steps))
     options = options_of(c)
     states = jaxmlp.multi.stack_states(
         [
