@@ -45,10 +45,11 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
     states = list(states)
     if not states:
         raise ValueError("stack_states needs at least one train state; got an empty sequence")
-    first = states[0]
-    for i, state in enumerate(states[1:], start=1):
+    for i, state in enumerate(states):
         if not isinstance(state, TrainState):
             raise TypeError(f"states[{i}] is a {type(state).__name__}, expected a TrainState")
+    first = states[0]
+    for i, state in enumerate(states[1:], start=1):
         if state.optimizer is not first.optimizer:
             raise ValueError(
                 f"states[{i}] has another optimizer than states[0]; stacked states must be "
@@ -150,7 +151,10 @@ def predict_logits(states: TrainState, images, *, batch_size: int = 2048) -> np.
     _validation.check_inputs(first, images)
     images = jnp.asarray(images)
     activation = states.options.activation
-    batch_size = min(_validation.check_positive_int("batch_size", batch_size), images.shape[0])
+    batch_size = _validation.check_positive_int("batch_size", batch_size)
+    if images.shape[0] == 0:
+        classes = first[-1]["b"].shape[-1]
+        return np.zeros((count(states), 0, classes), np.dtype(first[-1]["b"].dtype))
     chunks = [
         np.asarray(_logits_many(states.params, images[i : i + batch_size], activation))
         for i in range(0, images.shape[0], batch_size)

@@ -115,3 +115,14 @@ def test_an_unstacked_state_or_bad_data_is_refused_before_compiling():
         jaxmlp.multi.train_epoch(stacked, x[:, :10], y, batch_size=10)
     assert jaxmlp.multi._train_epoch_many._cache_size() == before
     assert training._train_epoch_jit is not None
+
+
+def test_logits_of_no_images_are_empty_and_non_states_are_refused():
+    stacked = jaxmlp.multi.stack_states(_states([0, 1]))
+    chex.assert_shape(
+        jaxmlp.multi.predict_logits(stacked, np.zeros((0, 20), np.float32)), (2, 0, 4)
+    )
+    with pytest.raises(TypeError, match=r"states\[0\] is a int"):
+        jaxmlp.multi.stack_states([3, *_states([0])])
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxmlp.multi.predict_logits(stacked, np.zeros((3, 20), np.float32), batch_size=0)
