@@ -14,6 +14,24 @@ from jaxmlp import checkpoints, cli, data
 from jaxmlp import config as cfglib
 
 
+def small_run(hidden: int, *extra: str) -> list[str]:
+    """Options of a quick ``jaxmlp train`` run: 1000 training, 300 validation and 300 test
+    images, batches of 100, one hidden layer of ``hidden`` units; ``extra`` appended."""
+    return [
+        "--train-limit",
+        "1000",
+        "--test-limit",
+        "300",
+        "--validation",
+        "300",
+        "--batch-size",
+        "100",
+        "--hidden",
+        str(hidden),
+        *extra,
+    ]
+
+
 def require_mnist() -> None:
     """Skip the calling test without verified MNIST files, or fail if JAXMLP_REQUIRE_DATA=1."""
     statuses = data.status("mnist")

@@ -15,25 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, require_mnist, restore_final, run
+from cli_support import assert_one_line_error, require_mnist, restore_final, run, small_run
 
 from jaxmlp import checkpoints, cli
 from jaxmlp import config as cfglib
 
 ASSETS = Path(__file__).parent / "assets" / "digits"
 SAMPLES = sorted(ASSETS.glob("*.png")) + sorted(ASSETS.glob("*.jpg"))
-SMALL = [
-    "--train-limit",
-    "1000",
-    "--test-limit",
-    "300",
-    "--validation",
-    "300",
-    "--batch-size",
-    "100",
-    "--hidden",
-    "64",
-]
+SMALL = small_run(64)
 
 
 @pytest.fixture

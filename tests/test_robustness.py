@@ -18,25 +18,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from cli_support import history_epochs, require_mnist, restore_final
+from cli_support import history_epochs, require_mnist, restore_final, small_run
 
 from jaxmlp import checkpoints, cli
 from jaxmlp import config as cfglib
 
-TINY = [
-    "--train-limit",
-    "1000",
-    "--test-limit",
-    "300",
-    "--validation",
-    "300",
-    "--batch-size",
-    "100",
-    "--hidden",
-    "16",
-    "--no-plots",
-    "--quiet",
-]
+TINY = small_run(16, "--no-plots", "--quiet")
 CHILD_TIMEOUT = 240  # seconds; a hung child fails the test instead of blocking CI
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
