@@ -25,24 +25,13 @@ from cli_support import (
     history_epochs,
     require_mnist,
     run,
+    small_run,
 )
 
 from jaxmlp import checkpoints, cli
 from jaxmlp import config as cfglib
 
-TINY = [
-    "--train-limit",
-    "1000",
-    "--test-limit",
-    "300",
-    "--validation",
-    "300",
-    "--batch-size",
-    "100",
-    "--hidden",
-    "16",
-    "--no-plots",
-]
+TINY = small_run(16, "--no-plots")
 ASSETS = Path(__file__).parent / "assets" / "digits"
 SAMPLE = ASSETS / "seven_dark_on_light.png"
 
@@ -74,6 +63,22 @@ def assert_same_arrays(a: checkpoints.Restored, b: checkpoints.Restored) -> None
     leaves_b = jax.tree.leaves(checkpoints.state_arrays(b.state))
     for u, v in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def _resume_to_epoch_4(run_copy: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    """``jaxmlp train --resume`` of the copied 3-epoch base run, to 4 epochs."""
+    return run(
+        capsys,
+        "train",
+        "--runs-dir",
+        run_copy.parent,
+        "--name",
+        "base",
+        "--resume",
+        "--epochs",
+        "4",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -269,17 +274,7 @@ def test_resume_from_a_checkpoint_of_another_architecture_names_both(
     saved = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps({**saved, **change}))
     before = snapshot(run_copy / "checkpoints")
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        run_copy.parent,
-        "--name",
-        "base",
-        "--resume",
-        "--epochs",
-        "4",
-    )
+    code, _, err = _resume_to_epoch_4(run_copy, capsys)
     assert_one_line_error(code, err, *fragments)
     assert snapshot(run_copy / "checkpoints") == before
 
@@ -376,17 +371,7 @@ def test_read_only_run_can_be_used_but_not_trained(run_copy, capsys):
         code, out, err = run(capsys, "predict", run_copy, SAMPLE)
         assert code == 0, err
         assert "predicted" in out
-        code, _, err = run(
-            capsys,
-            "train",
-            "--runs-dir",
-            run_copy.parent,
-            "--name",
-            "base",
-            "--resume",
-            "--epochs",
-            "4",
-        )
+        code, _, err = _resume_to_epoch_4(run_copy, capsys)
         assert_one_line_error(code, err, "cannot write", "config.json")
     assert snapshot(run_copy) == before
 
@@ -568,19 +553,7 @@ def _half_delete(step_dir: Path) -> None:
 
 def test_half_deleted_checkpoint_is_removed_by_the_next_save(run_copy, capsys):
     _half_delete(run_copy / "checkpoints" / "1")
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        run_copy.parent,
-        "--name",
-        "base",
-        "--resume",
-        "--epochs",
-        "4",
-        "--keep-checkpoints",
-        "3",
-    )
+    code, _, err = _resume_to_epoch_4(run_copy, capsys, "--keep-checkpoints", "3")
     assert code == 0, err
     assert "unreadable" not in err  # resumed from epoch 3, never looked at epoch 1
     assert checkpoints.list_steps(run_copy / "checkpoints") == [2, 3, 4]
