@@ -49,6 +49,8 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
         if not isinstance(state, TrainState):
             raise TypeError(f"states[{i}] is a {type(state).__name__}, expected a TrainState")
     first = states[0]
+    first_structure = jax.tree.structure(first)
+    first_shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(first)]
     for i, state in enumerate(states[1:], start=1):
         if state.optimizer is not first.optimizer:
             raise ValueError(
@@ -56,13 +58,12 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
                 "created with the same optimizer object (build it once, pass it to every "
                 "create_train_state)"
             )
-        if jax.tree.structure(state) != jax.tree.structure(first):
+        if jax.tree.structure(state) != first_structure:
             raise ValueError(
                 f"states[{i}] has another structure than states[0] (options or number of "
                 "layers differ); only states built with the same optimizer and options stack"
             )
         shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(state)]
-        first_shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(first)]
         if shapes != first_shapes:
             mismatch = next((a, b) for a, b in zip(shapes, first_shapes, strict=True) if a != b)
             raise ValueError(
@@ -82,7 +83,9 @@ def unstack_states(states: TrainState) -> list[TrainState]:
     return [jax.tree.map(lambda leaf, i=i: leaf[i], states) for i in range(count(states))]
 
 
-def _check_stacked(states: TrainState) -> None:
+def _first_params(states: TrainState):
+    """The first model's parameters of a stacked state (what the data checks compare
+    against), after checking that ``states`` is one."""
     if not isinstance(states, TrainState):
         raise TypeError(f"expected a stacked TrainState, got {type(states).__name__}")
     if jnp.ndim(states.step) != 1:
@@ -90,6 +93,7 @@ def _check_stacked(states: TrainState) -> None:
             "expected a stacked train state (each leaf with a leading model axis, from "
             f"jaxmlp.multi.stack_states); got one whose step has shape {jnp.shape(states.step)}"
         )
+    return jax.tree.map(lambda leaf: leaf[0], states.params)
 
 
 _train_epoch_many = jax.jit(
@@ -108,8 +112,7 @@ def train_epoch(
     model alone. Returns the stacked states and metrics whose values have one entry per model
     (``loss``, ``train_accuracy``, ``diverged_at_step``). The input states' buffers are donated.
     """
-    _check_stacked(states)
-    first = jax.tree.map(lambda leaf: leaf[0], states.params)
+    first = _first_params(states)
     images, labels = check_training_data(first, images, labels, "images", "labels")
     batch_size = _check_batch_size(batch_size, images.shape[0])
     _check_augmentation(states.options, images.shape[1])
@@ -128,8 +131,7 @@ def evaluate(states: TrainState, images, labels, *, batch_size: int = 2048) -> d
     Returns numpy arrays with one entry per model: ``loss``, ``accuracy``, ``correct``, and the
     int ``count`` of examples.
     """
-    _check_stacked(states)
-    first = jax.tree.map(lambda leaf: leaf[0], states.params)
+    first = _first_params(states)
     _validation.check_params(first)
     images, labels = check_training_data(first, images, labels, "images", "labels")
     batch_size = min(_validation.check_positive_int("batch_size", batch_size), images.shape[0])
@@ -146,8 +148,7 @@ def evaluate(states: TrainState, images, labels, *, batch_size: int = 2048) -> d
 
 def predict_logits(states: TrainState, images, *, batch_size: int = 2048) -> np.ndarray:
     """Logits of every stacked model, shape (models, n, classes), in evaluation mode."""
-    _check_stacked(states)
-    first = jax.tree.map(lambda leaf: leaf[0], states.params)
+    first = _first_params(states)
     _validation.check_inputs(first, images)
     images = jnp.asarray(images)
     activation = states.options.activation
