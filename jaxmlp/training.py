@@ -239,7 +239,7 @@ def _clip_max_norm(params, max_norm):
 
 
 def _needs_key(options: ModelOptions) -> bool:
-    """Whether a step draws random numbers (dropout masks or shifts); keys cost time per step."""
+    """Whether a step draws random numbers (dropout, augmentation); keys cost time per step."""
     return bool(options.augments or options.dropout_rate or options.input_dropout_rate)
 
 
