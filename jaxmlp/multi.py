@@ -31,6 +31,7 @@ from jaxmlp.training import (
     _check_batch_size,
     _evaluate,
     _train_epoch,
+    _train_epoch_jit,
     check_training_data,
 )
 
@@ -111,11 +112,19 @@ def train_epoch(
     Each model shuffles with its own key, exactly as :func:`jaxmlp.train_epoch` would for that
     model alone. Returns the stacked states and metrics whose values have one entry per model
     (``loss``, ``train_accuracy``, ``diverged_at_step``). The input states' buffers are donated.
+
+    A stack of one model runs :func:`jaxmlp.train_epoch`'s program instead: on CPU, XLA lays out
+    the vmapped weight gradients transposed and copies them back every step, which made one
+    784-1024-1024-10 model's epoch 40-55 % slower than the same epoch unbatched.
     """
     first = _first_params(states)
     images, labels = check_training_data(first, images, labels, "images", "labels")
     batch_size = _check_batch_size(batch_size, images.shape[0])
     _check_augmentation(states.options, images.shape[1])
+    if count(states) == 1:
+        state = jax.tree.map(lambda leaf: leaf[0], states)
+        state, metrics = _train_epoch_jit(state, images, labels, batch_size, None, 1, None)
+        return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
     return _train_epoch_many(states, images, labels, batch_size, None, 1)
 
 
