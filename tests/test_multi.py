@@ -48,6 +48,22 @@ def test_stacked_epochs_equal_each_model_trained_alone():
     assert not np.allclose(first.params[0]["w"], second.params[0]["w"])
 
 
+def test_a_stack_of_one_model_trains_exactly_as_the_model_alone():
+    x, y = _data(seed=2)
+    stacked = jaxmlp.multi.stack_states(_states([8]))
+    (alone,) = _states([8])
+    for _ in range(2):
+        stacked, metrics = jaxmlp.multi.train_epoch(stacked, x, y, batch_size=64)
+        alone, alone_metrics = jaxmlp.train_epoch(alone, x, y, batch_size=64)
+    chex.assert_shape(metrics["loss"], (1,))
+    chex.assert_shape(stacked.step, (1,))
+    (together,) = jaxmlp.multi.unstack_states(stacked)
+    chex.assert_trees_all_equal(together.params, alone.params)
+    chex.assert_trees_all_equal(together.opt_state, alone.opt_state)
+    np.testing.assert_array_equal(together.key, alone.key)
+    assert float(metrics["loss"][0]) == float(alone_metrics["loss"])
+
+
 def test_stacked_evaluation_equals_per_model_evaluation_and_logits_match_forward():
     x, y = _data(seed=1)
     stacked = jaxmlp.multi.stack_states(_states([3, 4]))
