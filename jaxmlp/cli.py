@@ -622,6 +622,10 @@ def build_state_options(config: RunConfig):
         augment_shift=config.augment_shift,
         augment_rotate=config.augment_rotate,
         augment_scale=config.augment_scale,
+        adversarial_epsilon=config.adversarial_epsilon,
+        adversarial_weight=config.adversarial_weight,
+        vat_epsilon=config.vat_epsilon,
+        vat_weight=config.vat_weight,
         gradient=config.gradient,
     )
 

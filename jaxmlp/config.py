@@ -155,6 +155,24 @@ class RunConfig:
         group="reg",
         metavar="S",
     )
+    adversarial_epsilon: float = _option(
+        0.0,
+        "adversarial training: also train on inputs moved by EPS * sign(input gradient)",
+        group="reg",
+        metavar="EPS",
+    )
+    adversarial_weight: float = _option(
+        0.5, "weight of the adversarial loss, in (0, 1]", group="reg", metavar="W"
+    )
+    vat_epsilon: float = _option(
+        0.0,
+        "virtual adversarial training: L2 radius of the perturbation (e.g. 2.0 for /255 pixels)",
+        group="reg",
+        metavar="EPS",
+    )
+    vat_weight: float = _option(
+        1.0, "weight of the virtual adversarial loss", group="reg", metavar="W"
+    )
     # Optimisation
     optimizer: str = _option("adam", "optimizer", group="opt", choices=OPTIMIZERS)
     learning_rate: float = _option(1e-3, "peak learning rate", group="opt", metavar="LR")
@@ -319,13 +337,15 @@ def _check_values(config: RunConfig) -> None:
         "augment_shift",
         "augment_rotate",
         "augment_scale",
+        "adversarial_epsilon",
+        "vat_epsilon",
         "l2",
         "init_scale",
         "final_lr_fraction",
         "seed",
     ):
         at_least(name, 0)
-    for name in ("learning_rate", "max_norm", "decay_rate", "init_scale"):
+    for name in ("learning_rate", "max_norm", "decay_rate", "init_scale", "vat_weight"):
         at_least(name, 0, strict=True)
     if config.augment_rotate > 180:
         raise ConfigError(
@@ -334,6 +354,22 @@ def _check_values(config: RunConfig) -> None:
     if config.augment_scale >= 1:
         raise ConfigError(
             f"augment_scale={config.augment_scale!r} is invalid; expected a fraction in [0, 1)"
+        )
+    if not 0 < config.adversarial_weight <= 1:
+        raise ConfigError(
+            f"adversarial_weight={config.adversarial_weight!r} is invalid; expected a weight "
+            "in (0, 1]"
+        )
+    for name in ("adversarial_epsilon", "vat_epsilon"):
+        if getattr(config, name) and config.gradient != "autodiff":
+            raise ConfigError(
+                f"{name}={getattr(config, name)!r} needs gradient=autodiff (the input gradient "
+                f"comes from jax.grad); got gradient={config.gradient}"
+            )
+    if config.vat_epsilon and config.output != "softmax":
+        raise ConfigError(
+            f"vat_epsilon={config.vat_epsilon!r} needs output=softmax (it compares softmax "
+            f"distributions); got output={config.output}"
         )
     for name in ("dropout", "input_dropout"):
         value = getattr(config, name)

@@ -331,6 +331,17 @@ def test_data_status(needs_data, capsys):
         (["train", "--augment-rotate", "200"], ["augment_rotate=200.0", "[0, 180]"]),
         (["train", "--augment-scale", "1"], ["augment_scale=1.0", "[0, 1)"]),
         (["train", "--augment-scale", "-0.1"], ["augment_scale"]),
+        (["train", "--adversarial-epsilon", "-1"], ["adversarial_epsilon=-1.0", ">= 0"]),
+        (["train", "--adversarial-weight", "0"], ["adversarial_weight=0.0", "(0, 1]"]),
+        (
+            ["train", "--adversarial-epsilon", "0.1", "--gradient", "backprop"],
+            ["adversarial_epsilon=0.1 needs gradient=autodiff"],
+        ),
+        (["train", "--vat-weight", "0"], ["vat_weight=0.0", "> 0"]),
+        (
+            ["train", "--vat-epsilon", "2", "--output", "sigmoid"],
+            ["vat_epsilon=2.0 needs output=softmax"],
+        ),
         (["train", "--optimizer", "adamm"], ["--optimizer", "adamm"]),
         (["train", "--learning-rate", "fast"], ["--learning-rate"]),
         (["train", "--optimizer", "adam", "--momentum", "0.9"], ["momentum"]),

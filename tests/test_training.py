@@ -288,3 +288,117 @@ def test_training_with_rotation_and_zoom_runs_in_the_epoch_and_is_deterministic(
     augmented = dict(augment_rotate=10.0, augment_scale=0.1, augment_shift=1)
     np.testing.assert_array_equal(first_weights(**augmented), first_weights(**augmented))
     assert not np.allclose(first_weights(**augmented), first_weights())
+
+
+def test_adversarial_step_descends_the_mix_of_clean_and_fast_gradient_sign_losses():
+    x, y = _blobs(64, 12, 3)
+    params = jaxmlp.init_mlp(jax.random.key(1), (12, 8, 3))
+    eps, weight, lr = 0.3, 0.25, 0.1
+    options = jaxmlp.ModelOptions(adversarial_epsilon=eps, adversarial_weight=weight)
+    state = jaxmlp.create_train_state(
+        jax.random.key(0), (12, 8, 3), jaxmlp.optimizer("sgd", lr), options=options, params=params
+    )
+    state, metrics = jaxmlp.train_step(state, x, y)
+
+    # The same update written out: the input gradient's sign, then both losses' gradients.
+    def loss(p, inputs):
+        return jaxmlp.loss(p, inputs, y)
+
+    x_adv = x + eps * np.sign(jax.grad(loss, argnums=1)(params, x))
+    assert loss(params, x_adv) > loss(params, x) + 0.1  # the perturbation does raise the loss
+    mixed = jax.grad(lambda p: (1 - weight) * loss(p, x) + weight * loss(p, x_adv))(params)
+    expected = jax.tree.map(lambda p, g: p - lr * g, params, mixed)
+    chex.assert_trees_all_close(state.params, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        metrics["loss"], (1 - weight) * loss(params, x) + weight * loss(params, x_adv), rtol=1e-5
+    )
+
+
+def test_adversarial_training_makes_the_model_robust_to_fast_gradient_sign_inputs():
+    x, y = _blobs(512, 20, 4, seed=3)
+
+    def trained(**options):
+        state, _ = jaxmlp.fit(
+            jax.random.key(0),
+            (20, 32, 4),
+            x,
+            y,
+            optimizer=jaxmlp.optimizer("adam", 1e-2),
+            epochs=15,
+            batch_size=64,
+            **options,
+        )
+        return state.params
+
+    def accuracy_under_attack(params, eps):
+        x_grad = jax.grad(lambda inputs: jaxmlp.loss(params, inputs, y))(x)
+        return jaxmlp.evaluate(params, x + eps * np.sign(x_grad), y)["accuracy"]
+
+    plain, robust = trained(), trained(adversarial_epsilon=1.5)
+    assert jaxmlp.evaluate(robust, x, y)["accuracy"] >= 0.99
+    # Measured: 0.78 for the plain model, 1.0 for the adversarially trained one.
+    assert accuracy_under_attack(robust, 1.5) > accuracy_under_attack(plain, 1.5) + 0.15
+
+
+def test_virtual_adversarial_direction_raises_the_divergence_more_than_random_directions():
+    x, y = _blobs(128, 16, 3, seed=4)
+    state, _ = jaxmlp.fit(
+        jax.random.key(0),
+        (16, 32, 3),
+        x,
+        y,
+        optimizer=jaxmlp.optimizer("adam", 1e-2),
+        epochs=3,
+        batch_size=32,
+    )
+    params, eps = state.params, 2.0
+    options = jaxmlp.ModelOptions(vat_epsilon=eps)
+    vat, grads = training._vat_loss_and_grads(
+        params, jnp.asarray(x), None, options, jax.random.key(1)
+    )
+    chex.assert_trees_all_equal_shapes(grads, params)
+
+    def divergence(r):  # per example, the model's clean softmax held fixed
+        clean = jax.nn.log_softmax(jaxmlp.forward(params, x))
+        return jnp.sum(
+            jnp.exp(clean) * (clean - jax.nn.log_softmax(jaxmlp.forward(params, x + r))), -1
+        )
+
+    randoms = []
+    for seed in range(10):
+        r = np.random.default_rng(seed).normal(size=x.shape)
+        randoms.append(
+            float(jnp.mean(divergence(eps * r / np.linalg.norm(r, axis=1, keepdims=True))))
+        )
+    # One power iteration finds a direction far steeper than chance.
+    assert float(vat) > 3 * max(randoms)
+
+
+def test_virtual_adversarial_training_makes_the_model_smoother_and_adds_its_term_to_the_loss():
+    x, y = _blobs(512, 20, 4, seed=3)
+
+    def trained(**options):
+        state, history = jaxmlp.fit(
+            jax.random.key(0),
+            (20, 32, 4),
+            x,
+            y,
+            optimizer=jaxmlp.optimizer("adam", 1e-2),
+            epochs=15,
+            batch_size=64,
+            **options,
+        )
+        return state.params, history
+
+    def virtual_adversarial_divergence(params):
+        options = jaxmlp.ModelOptions(vat_epsilon=3.0)
+        value, _ = training._vat_loss_and_grads(
+            params, jnp.asarray(x), None, options, jax.random.key(9)
+        )
+        return float(value)
+
+    (plain, plain_history), (smooth, smooth_history) = trained(), trained(vat_epsilon=3.0)
+    assert jaxmlp.evaluate(smooth, x, y)["accuracy"] >= 0.99
+    assert virtual_adversarial_divergence(smooth) < 0.5 * virtual_adversarial_divergence(plain)
+    # The reported training loss includes the virtual adversarial term.
+    assert smooth_history[0]["loss"] > plain_history[0]["loss"]

@@ -149,6 +149,37 @@ def test_bad_augmentation_options_are_refused(options, message):
         jaxmlp.ModelOptions(**options)
 
 
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"adversarial_epsilon": -0.1}, ValueError, "adversarial_epsilon=-0.1 is invalid"),
+        ({"adversarial_epsilon": "0.1"}, TypeError, "adversarial_epsilon must be a finite"),
+        ({"adversarial_weight": 0.0}, ValueError, r"adversarial_weight=0.0 .* in \(0, 1\]"),
+        ({"adversarial_weight": 1.5}, ValueError, r"adversarial_weight=1.5 .* in \(0, 1\]"),
+        (
+            {"adversarial_epsilon": 0.1, "gradient": "backprop"},
+            ValueError,
+            "adversarial_epsilon=0.1 needs gradient='autodiff'",
+        ),
+        ({"vat_epsilon": -2.0}, ValueError, "vat_epsilon=-2.0 is invalid"),
+        ({"vat_weight": 0.0}, ValueError, "vat_weight=0.0 is invalid"),
+        (
+            {"vat_epsilon": 2.0, "gradient": "backprop"},
+            ValueError,
+            "vat_epsilon=2.0 needs gradient='autodiff'",
+        ),
+        (
+            {"vat_epsilon": 2.0, "output": "sigmoid"},
+            ValueError,
+            "vat_epsilon=2.0 needs output='softmax'",
+        ),
+    ],
+)
+def test_bad_adversarial_options_are_refused(options, error, message):
+    with pytest.raises(error, match=message):
+        jaxmlp.ModelOptions(**options)
+
+
 def test_rotation_needs_square_images():
     with pytest.raises(ValueError, match="augment_rotate needs square images"):
         jaxmlp.fit(
