@@ -353,8 +353,10 @@ def test_virtual_adversarial_direction_raises_the_divergence_more_than_random_di
     )
     params, eps = state.params, 2.0
     options = jaxmlp.ModelOptions(vat_epsilon=eps)
+    x = jnp.asarray(x)
+    logits = jaxmlp.forward(params, x)
     vat, grads = training._vat_loss_and_grads(
-        params, jnp.asarray(x), None, options, jax.random.key(1)
+        params, x, None, options, None, logits, jax.random.key(1)
     )
     chex.assert_trees_all_equal_shapes(grads, params)
 
@@ -392,8 +394,9 @@ def test_virtual_adversarial_training_makes_the_model_smoother_and_adds_its_term
 
     def virtual_adversarial_divergence(params):
         options = jaxmlp.ModelOptions(vat_epsilon=3.0)
+        inputs = jnp.asarray(x)
         value, _ = training._vat_loss_and_grads(
-            params, jnp.asarray(x), None, options, jax.random.key(9)
+            params, inputs, None, options, None, jaxmlp.forward(params, inputs), jax.random.key(9)
         )
         return float(value)
 
@@ -402,3 +405,24 @@ def test_virtual_adversarial_training_makes_the_model_smoother_and_adds_its_term
     assert virtual_adversarial_divergence(smooth) < 0.5 * virtual_adversarial_divergence(plain)
     # The reported training loss includes the virtual adversarial term.
     assert smooth_history[0]["loss"] > plain_history[0]["loss"]
+
+
+def test_virtual_adversarial_term_scores_the_dropped_out_network_the_step_trains():
+    x, _ = _blobs(64, 12, 3, seed=5)
+    x = jnp.asarray(x)
+    params = jaxmlp.init_mlp(jax.random.key(2), (12, 32, 3))
+    options = jaxmlp.ModelOptions(dropout_rate=0.5, input_dropout_rate=0.2, vat_epsilon=1e-4)
+    key = jax.random.key(3)
+    logits = jaxmlp.forward(params, x, dropout_rate=0.5, input_dropout_rate=0.2, key=key)
+
+    def divergence(dropout_key):
+        value, _ = training._vat_loss_and_grads(
+            params, x, None, options, dropout_key, logits, jax.random.key(4)
+        )
+        return float(value)
+
+    # Under the masks the clean logits were drawn with, a tiny perturbation changes nothing;
+    # under other masks (or none) the two distributions differ.
+    assert divergence(key) < 1e-6
+    assert divergence(jax.random.key(5)) > 1e-3
+    assert divergence(None) > 1e-3
