@@ -34,7 +34,11 @@ BASE = {
     "scale": 0.0,
     "smoothing": 0.0,
     "optimizer": "adam",
+    "fgsm": 0.0,
+    "vat": 0.0,
 }
+SMALL = {"width": 512, "epochs": 20}
+NO_DROPOUT = {"dropout": 0.0, "input_dropout": 0.0}
 
 AFFINE = {"shift": 2, "rotate": 10.0, "scale": 0.1}
 
@@ -59,6 +63,21 @@ GRIDS = {
         "w4096": {"width": 4096},
         "w2048_e300": {"width": 2048, "epochs": 300},
         "nesterov_lr0.1": {"optimizer": "nesterov", "lr": 0.1},
+        # fourth round (2-core CPU, one seed): adversarial regularisers, screened on a small,
+        # short run (784-512-512-10, 20 epochs) before any full-size candidate
+        "small": SMALL,
+        "small_fgsm0.05": {**SMALL, "fgsm": 0.05},
+        "small_fgsm0.1": {**SMALL, "fgsm": 0.1},
+        "small_vat2": {**SMALL, "vat": 2.0},
+        "small_vat1": {**SMALL, "vat": 1.0},
+        "small_vat2_nodropout": {**SMALL, **NO_DROPOUT, "vat": 2.0},
+        "small_vat1.5_nodropout": {**SMALL, **NO_DROPOUT, "vat": 1.5},
+        "small_vat3_nodropout": {**SMALL, **NO_DROPOUT, "vat": 3.0},
+        "small_vat2_dropout0.1": {**SMALL, "dropout": 0.1, "input_dropout": 0.0, "vat": 2.0},
+        "small_vat2_nodropout_e40": {**SMALL, **NO_DROPOUT, "vat": 2.0, "epochs": 40},
+        # ... then full-length candidates that fit 20 minutes on 2 cores
+        "vat2_w512_e200": {**NO_DROPOUT, "vat": 2.0, "width": 512, "epochs": 200},
+        "vat2_e70": {**NO_DROPOUT, "vat": 2.0, "epochs": 70},
     },
     "mnist_augment": {
         "shift2": {"shift": 2},
@@ -112,6 +131,8 @@ def options_of(c: dict) -> jaxmlp.ModelOptions:
         augment_shift=c["shift"],
         augment_rotate=c["rotate"],
         augment_scale=c["scale"],
+        adversarial_epsilon=c["fgsm"],
+        vat_epsilon=c["vat"],
     )
 
 
