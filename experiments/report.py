@@ -192,7 +192,7 @@ def rows():
                 )
             )
 
-    for task in ("mnist", "mnist_augment", "fashion"):
+    for task in ("mnist", "mnist_vat", "mnist_augment", "fashion"):
         for suffix in ("", "_all"):
             for folder, machine in (("h100/", "H100"), ("", "2-core CPU")):
                 r = _load(f"{folder}records_{task}{suffix}")

@@ -123,3 +123,27 @@ def test_records_quick_run_writes_results(all_train, tmp_path, monkeypatch):
     assert 0.2 < result["test_accuracy"]["mean"] <= 1.0
     assert ("validation_accuracy" in result["history"][0]) is not all_train
     assert (tmp_path / f"{name}.png").exists()
+
+
+@pytest.mark.data
+def test_records_quick_run_of_the_virtual_adversarial_task(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from cli_support import require_mnist
+
+    from experiments import records
+
+    require_mnist()
+    argv = ["records", "--task", "mnist_vat", "--quick", "--seeds", "2", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    records.main()
+    result = json.loads((tmp_path / "records_mnist_vat_quick.json").read_text())
+    assert result["config"]["vat_epsilon"] == 2.0
+    assert result["config"]["dropout"] == 0.0
+    assert result["config"]["task_default_epochs"] == 200
+    assert len(result["test_accuracy_per_seed"]) == 2
+    assert 0.2 < result["test_accuracy"]["mean"] <= 1.0
+    # On CPU the two seeds train as two programs, each timed.
+    assert len(result["train_seconds_per_program"]) == 2
+    assert all(seconds > 0 for seconds in result["train_seconds_per_program"])
