@@ -109,8 +109,10 @@ def main():
     )
     optimizer = jaxmlp.optimizer("adam", jaxmlp.schedule("cosine", args.lr, steps))
     sizes = (784, width, width, 10)
-    # On accelerators the seeds train together, one vmapped program per epoch; on CPU one after
-    # another in turn each epoch (there the vmapped epoch is slower than the models in turn).
+    # On accelerators the seeds train together, one vmapped program per epoch. On CPU they train
+    # in turn each epoch: for models this large the vmapped program is no faster there (three
+    # 784-1024-1024-10 models: 7.27 s stacked, 7.18 s in turn, per 12800 examples), and each
+    # seed's training time is then its own, what a one-seed command spends.
     groups = [seeds] if jax.default_backend() != "cpu" else [[s] for s in seeds]
     groups = [
         jaxmlp.multi.stack_states(
