@@ -141,7 +141,7 @@ def test_records_quick_run_of_the_virtual_adversarial_task(tmp_path, monkeypatch
     result = json.loads((tmp_path / "records_mnist_vat_quick.json").read_text())
     assert result["config"]["vat_epsilon"] == 2.0
     assert result["config"]["dropout"] == 0.0
-    assert result["config"]["task_default_epochs"] == 200
+    assert result["config"]["task_default_epochs"] == 70
     assert len(result["test_accuracy_per_seed"]) == 2
     assert 0.2 < result["test_accuracy"]["mean"] <= 1.0
     # On CPU the two seeds train as two programs, each timed.
