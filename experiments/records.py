@@ -11,7 +11,7 @@ The recipe (Srivastava et al. 2014's dropout MLPs, with Adam and a cosine schedu
   ``--task mnist_vat``: no augmentation and no dropout; virtual adversarial training instead
   (Miyato et al. 2016: the KL divergence between the softmax at each image and at the image
   moved by L2 distance 2.0 in its most sensitive direction is added to the loss); 70 epochs,
-  which fit 20 minutes on 2 cores (a step costs about three plain ones).
+  which fit 20 minutes on 2 cores (a step costs about 2.5 plain ones).
 The dropout rates, the augmentation and the VAT recipe were chosen on the validation split by
 :mod:`experiments.records_search` (results in ``results/search/``). Training uses the first
 55000 training images; the last 5000 are the validation set, scored after every epoch; the

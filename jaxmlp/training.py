@@ -63,7 +63,8 @@ class ModelOptions:
         ``vat_epsilon`` per example, in input units) is the direction that raises the KL most,
         found by one power iteration from a random start. It uses no labels and no prior on
         images: a smoothness regulariser, not augmentation. Needs ``gradient="autodiff"`` and
-        ``output="softmax"``; a step costs about three times as much.
+        ``output="softmax"``; a step costs about 2.5 times as much (two more forward and
+        backward passes, one of them to the inputs only).
       vat_weight: the weight of the virtual adversarial term (> 0; 1.0 as in the paper).
       gradient: ``autodiff`` (``jax.value_and_grad`` of the loss) or ``backprop`` (the
         hand-derived backward pass); they agree to rounding.
@@ -338,7 +339,8 @@ def _clip_max_norm(params, max_norm):
 
 
 def _needs_key(options: ModelOptions) -> bool:
-    """Whether a step draws random numbers (dropout, augmentation); keys cost time per step."""
+    """Whether a step draws random numbers (dropout, augmentation, VAT's random start); keys
+    cost time per step."""
     return bool(
         options.augments
         or options.dropout_rate
