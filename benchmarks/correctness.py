@@ -19,7 +19,6 @@ from jax.flatten_util import ravel_pytree
 import jaxmlp
 from benchmarks import numpy_reference
 from benchmarks.common import Mode, sizes_label, synthetic_mnist
-from jaxmlp.model import _layer_masks
 
 ARCHITECTURES = [
     ((784, 50, 10), "relu"),
@@ -117,7 +116,9 @@ def check_case(
         params, x, y, key=key, **options
     )
     _, backprop = jax.jit(jaxmlp.backprop, static_argnames=STATIC)(params, x, y, key=key, **options)
-    masks = _layer_masks(params, batch, x.dtype, key, dropout_rate, 0.0)
+    masks = jaxmlp.model.layer_masks(
+        params, batch, dtype=x.dtype, key=key, dropout_rate=dropout_rate
+    )
     masks_np = [None if mask is None else np.asarray(mask) for mask in masks]
     _, numpy_grads = numpy_reference.loss_and_grads(
         numpy_reference.to_numpy(params),

@@ -31,7 +31,9 @@ def main():
     runs = []
     for seed in seeds:
         init_key, train_key = jax.random.split(jax.random.key(seed))
-        params = common.zero_biases(jaxmlp.init_mlp(init_key, SIZES, init="normal", scale=SCALE))
+        params = common.zero_biases(
+            jaxmlp.init_mlp(init_key, SIZES, init="normal", init_scale=SCALE)
+        )
         state = jaxmlp.create_train_state(
             train_key, SIZES, jaxmlp.optimizer("sgd", LR), params=params
         )

@@ -78,7 +78,9 @@ def sample_and_train(state, images, labels, batch_size, steps):
 
 def two_layer_net(ds, iterations: int, seed: int = 0) -> dict:
     init_key, train_key = jax.random.split(jax.random.key(seed))
-    params = common.zero_biases(jaxmlp.init_mlp(init_key, (784, 50, 10), init="normal", scale=0.01))
+    params = common.zero_biases(
+        jaxmlp.init_mlp(init_key, (784, 50, 10), init="normal", init_scale=0.01)
+    )
     state = jaxmlp.create_train_state(
         train_key, (784, 50, 10), jaxmlp.optimizer("sgd", 0.1), params=params
     )
@@ -112,7 +114,7 @@ def gradient_check(ds) -> dict:
             dtype = jnp.dtype(dtype_name)
             p = common.zero_biases(
                 jaxmlp.init_mlp(
-                    jax.random.key(0), (784, 50, 10), init="normal", scale=0.01, dtype=dtype
+                    jax.random.key(0), (784, 50, 10), init="normal", init_scale=0.01, dtype=dtype
                 )
             )
             x = jnp.asarray(ds.train.images[:3], dtype)
@@ -160,7 +162,7 @@ def kink_fraction(ds, inits: int = 1000, h: float = 1e-4) -> dict:
                     jnp.abs(
                         x
                         @ jaxmlp.init_mlp(
-                            jax.random.key(s), (784, 50, 10), init="normal", scale=0.01
+                            jax.random.key(s), (784, 50, 10), init="normal", init_scale=0.01
                         )[0]["w"]
                     )
                     < h

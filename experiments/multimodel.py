@@ -24,7 +24,6 @@ import optax
 
 import jaxmlp
 import jaxmlp.multi
-import jaxmlp.training
 from experiments import common, dlfs
 
 
@@ -83,9 +82,7 @@ def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
         return state.replace(opt_state=opt_state)
 
     states = [state_for(lr) for lr in learning_rates]
-    epoch = functools.partial(
-        jaxmlp.training._train_epoch, batch_size=100, progress=None, progress_every=50
-    )
+    epoch = functools.partial(jaxmlp.train_epoch, batch_size=100)
 
     def train(state, x, y):
         losses = []
@@ -115,11 +112,9 @@ def learning_rate_case(ds, learning_rates, epochs: int) -> dict:
         )
     )
     evaluate = jax.vmap(
-        lambda p: jaxmlp.training._evaluate(
-            p, jnp.asarray(ds.test.images), jnp.asarray(ds.test.labels), final.options, 2000
-        )
+        lambda state: jaxmlp.evaluate(state, ds.test.images, ds.test.labels, batch_size=2000)
     )
-    test = evaluate(final.params)
+    test = evaluate(final)
     return {
         "models": len(learning_rates),
         "epochs": epochs,

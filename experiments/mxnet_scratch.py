@@ -47,7 +47,7 @@ def main():
                 epochs=epochs,
                 batch_size=BATCH,
                 init="normal",
-                scale=SCALE,
+                init_scale=SCALE,
                 activation="relu",
                 validation_data=(ds.test.images, ds.test.labels),
             )

@@ -10,17 +10,23 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
     state, history = jaxmlp.fit(key, (784, 256, 10), x, y, optimizer=jaxmlp.optimizer("adam",
                                 1e-3), epochs=5, batch_size=128)
 
-Data lives in :mod:`jaxmlp.data`; many models trained together in one vmapped program in
-:mod:`jaxmlp.multi`.
+Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
+``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many models
+in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`, :mod:`jaxmlp.plots`
+and :mod:`jaxmlp.images` are attributes of the package, imported on first use so that
+``import jaxmlp`` stays quick.
 """
 
-from jaxmlp import multi
+import importlib
+from typing import TYPE_CHECKING
+
 from jaxmlp.backprop import backprop
 from jaxmlp.losses import (
     cross_entropy,
     l2_penalty,
     log_softmax,
     loss,
+    loss_and_logits,
     sigmoid_cross_entropy,
     softmax,
 )
@@ -39,7 +45,24 @@ from jaxmlp.training import (
     train_step,
 )
 
+if TYPE_CHECKING:
+    from jaxmlp import checkpoints, data, images, multi, plots, sharding
+
 __version__ = "0.1.0"
+
+_SUBMODULES = ("checkpoints", "data", "images", "multi", "plots", "sharding")
+
+
+def __getattr__(name: str):
+    # PEP 562: the heavier submodules load on first access (jaxmlp.data, jaxmlp.sharding, ...).
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxmlp.{name}")
+    raise AttributeError(f"module 'jaxmlp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))
+
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,23 +71,29 @@ __all__ = [
     "ModelOptions",
     "TrainState",
     "backprop",
+    "checkpoints",
     "create_train_state",
     "cross_entropy",
+    "data",
     "evaluate",
     "fit",
     "forward",
     "grad_check",
+    "images",
     "init_mlp",
     "l2_penalty",
     "layer_sizes_of",
     "log_softmax",
     "loss",
+    "loss_and_logits",
     "multi",
     "numerical_grad",
     "optimizer",
     "parameter_count",
+    "plots",
     "predict",
     "schedule",
+    "sharding",
     "sigmoid_cross_entropy",
     "softmax",
     "train_epoch",

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from jaxmlp.losses import DATA_LOSSES, _targets, check_loss_arguments, l2_penalty
-from jaxmlp.model import ACTIVATIONS, Params, _layer_masks
+from jaxmlp.losses import DATA_LOSSES, check_loss_arguments, l2_penalty, one_hot_targets
+from jaxmlp.model import ACTIVATIONS, Params, layer_masks
 
 
 def backprop(
     params: Params,
-    x: Float[Array, "batch features"],
-    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    x: Float[Array, "*batch features"],
+    labels: Int[Array, "*batch"] | Float[Array, "*batch classes"],
     *,
     activation: str = "relu",
     l2: float = 0.0,
@@ -35,29 +35,45 @@ def backprop(
     dropout_rate: float = 0.0,
     input_dropout_rate: float = 0.0,
     key: PRNGKeyArray | None = None,
-    weights: Float[Array, " batch"] | None = None,
-) -> tuple[Float[Array, ""], Params]:
+    weights: Float[Array, "*batch"] | None = None,
+    return_logits: bool = False,
+) -> tuple[Float[Array, ""], Params] | tuple[Float[Array, ""], Params, Array]:
     """``(loss, grads)`` by the hand-derived backward pass; the same values and pytree as
     ``jax.value_and_grad(jaxmlp.loss)`` with the same arguments (and the same dropout key).
 
-    Jit it with the options static, e.g.
-    ``jax.jit(backprop, static_argnames=("activation", "output", "l2", "dropout_rate"))``.
+    Takes a batch or one example, like :func:`jaxmlp.loss`, and works inside the caller's
+    ``jit`` and ``vmap`` (the options are Python values, static under ``jit``). With
+    ``return_logits=True`` the logits of the forward pass come third: ``(loss, grads, logits)``.
     """
-    check_loss_arguments(
-        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
-    )
-    loss, grads, _ = _backprop(
+    batched = check_loss_arguments(
         params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
     )
-    return loss, grads
-
-
-def _backprop(
-    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
-):
-    """:func:`backprop` without the boundary checks; also returns the logits."""
+    if not batched:
+        value, grads, logits = backprop(
+            params,
+            jnp.asarray(x)[None],
+            jnp.asarray(labels)[None],
+            activation=activation,
+            l2=l2,
+            output=output,
+            dropout_rate=dropout_rate,
+            input_dropout_rate=input_dropout_rate,
+            key=key,
+            weights=None if weights is None else jnp.asarray(weights)[None],
+            return_logits=True,
+        )
+        return (value, grads, logits[0]) if return_logits else (value, grads)
+    x = jnp.asarray(x)
+    labels = jnp.asarray(labels)
     phi = ACTIVATIONS[activation]
-    masks = _layer_masks(params, x.shape[0], x.dtype, key, dropout_rate, input_dropout_rate)
+    masks = layer_masks(
+        params,
+        x.shape[0],
+        dtype=x.dtype,
+        key=key,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+    )
 
     # Forward, keeping each layer's (masked) input and pre-activation.
     layer_inputs, pre_activations = [], []
@@ -72,7 +88,7 @@ def _backprop(
             a = phi.function(z)
     logits = pre_activations[-1]
 
-    targets = _targets(labels, logits.shape[-1], logits.dtype)
+    targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
     data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
     loss = data_loss + l2 * l2_penalty(params) if l2 else data_loss
 
@@ -99,4 +115,4 @@ def _backprop(
             if masks[index] is not None:
                 delta = delta * masks[index]
             delta = delta * phi.derivative(pre_activations[index - 1])
-    return loss, grads, logits
+    return (loss, grads, logits) if return_logits else (loss, grads)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from jaxmlp import _validation
-from jaxmlp.model import ACTIVATIONS, Params, _forward
+from jaxmlp.model import ACTIVATIONS, Params, forward
 
 OUTPUTS = ("softmax", "sigmoid")
 """Output layers: softmax with cross-entropy, or sigmoid units with the logistic cost."""
@@ -28,14 +29,15 @@ def softmax(logits: Float[Array, "... classes"]) -> Float[Array, "... classes"]:
     return jnp.exp(log_softmax(logits))
 
 
-def _targets(labels: Array, n_classes: int, dtype) -> Array:
+def one_hot_targets(labels: Array, n_classes: int, dtype) -> Array:
     """One-hot rows for integer class ids; probability rows pass through."""
     if labels.ndim == 1:
         return jax.nn.one_hot(labels, n_classes, dtype=dtype)
     return labels.astype(dtype)
 
 
-def _mean(per_example: Array, weights: Array | None) -> Array:
+def weighted_mean(per_example: Array, weights: Array | None) -> Array:
+    """mean(per_example), or sum(weights * per_example) / max(sum(weights), 1)."""
     if weights is None:
         return jnp.mean(per_example)
     weights = weights.astype(per_example.dtype)
@@ -53,8 +55,8 @@ def cross_entropy(
     ``labels`` are int class ids of shape (batch,), or one-hot / probability rows of shape
     (batch, classes).
     """
-    targets = _targets(labels, logits.shape[-1], logits.dtype)
-    return _mean(-jnp.sum(targets * log_softmax(logits), axis=-1), weights)
+    targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
+    return weighted_mean(-jnp.sum(targets * log_softmax(logits), axis=-1), weights)
 
 
 def sigmoid_cross_entropy(
@@ -68,9 +70,9 @@ def sigmoid_cross_entropy(
     Per example: sum_k -y_k log s(z_k) - (1 - y_k) log(1 - s(z_k)), with s the sigmoid; the
     batch mean of that. Written with log-sigmoids so it stays finite for large |z|.
     """
-    targets = _targets(labels, logits.shape[-1], logits.dtype)
+    targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
     per_unit = -targets * jax.nn.log_sigmoid(logits) - (1 - targets) * jax.nn.log_sigmoid(-logits)
-    return _mean(jnp.sum(per_unit, axis=-1), weights)
+    return weighted_mean(jnp.sum(per_unit, axis=-1), weights)
 
 
 def l2_penalty(params: Params) -> Float[Array, ""]:
@@ -83,8 +85,8 @@ DATA_LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
 
 def loss(
     params: Params,
-    x: Float[Array, "batch features"],
-    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    x: Float[Array, "*batch features"],
+    labels: Int[Array, "*batch"] | Float[Array, "*batch classes"],
     *,
     activation: str = "relu",
     l2: float = 0.0,
@@ -92,51 +94,105 @@ def loss(
     dropout_rate: float = 0.0,
     input_dropout_rate: float = 0.0,
     key: PRNGKeyArray | None = None,
-    weights: Float[Array, " batch"] | None = None,
+    weights: Float[Array, "*batch"] | None = None,
 ) -> Float[Array, ""]:
     """Mean data loss over the batch + ``l2 * l2_penalty(params)``.
 
     ``output="softmax"`` scores the logits with :func:`cross_entropy`, ``output="sigmoid"`` with
     :func:`sigmoid_cross_entropy`. Dropout is applied when ``key`` is given (see
     :func:`jaxmlp.forward`). Differentiate it with ``jax.grad``.
+
+    ``x`` is a batch (batch, n_in) with labels (batch,) or (batch, classes), or one example
+    (n_in,) with a label of shape () or (classes,): per-example gradients are then
+    ``jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, x, labels)``. Works inside the
+    caller's ``jit`` / ``vmap`` / ``grad``; label values are range-checked only when concrete.
     """
-    check_loss_arguments(
-        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
-    )
-    return _loss(
+    return loss_and_logits(
+        params,
+        x,
+        labels,
+        activation=activation,
+        l2=l2,
+        output=output,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+        key=key,
+        weights=weights,
+    )[0]
+
+
+def loss_and_logits(
+    params: Params,
+    x: Float[Array, "*batch features"],
+    labels: Int[Array, "*batch"] | Float[Array, "*batch classes"],
+    *,
+    activation: str = "relu",
+    l2: float = 0.0,
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+    weights: Float[Array, "*batch"] | None = None,
+) -> tuple[Float[Array, ""], Float[Array, "*batch classes"]]:
+    """:func:`loss` and, as an auxiliary output, the logits it scored: for
+    ``jax.value_and_grad(loss_and_logits, has_aux=True)``, which gives the loss, its gradients
+    and the predictions of one forward pass."""
+    batched = check_loss_arguments(
         params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
     )
+    options = dict(
+        activation=activation,
+        l2=l2,
+        output=output,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+        key=key,
+    )
+    if not batched:
+        value, logits = loss_and_logits(
+            params,
+            jnp.asarray(x)[None],
+            jnp.asarray(labels)[None],
+            weights=None if weights is None else jnp.asarray(weights)[None],
+            **options,
+        )
+        return value, logits[0]
+    logits = forward(
+        params,
+        x,
+        activation=activation,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+        key=key,
+    )
+    labels = jnp.asarray(labels)
+    value = DATA_LOSSES[output](logits, labels, weights=weights)
+    if l2:
+        value = value + l2 * l2_penalty(params)
+    return value, logits
 
 
 def check_loss_arguments(
-    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate
-) -> None:
-    """The boundary checks shared by :func:`loss` and :func:`jaxmlp.backprop`."""
+    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
+) -> bool:
+    """The boundary checks shared by :func:`loss` and :func:`jaxmlp.backprop`; returns whether
+    ``x`` is a batch (else one example)."""
     _validation.check_params(params)
-    _validation.check_inputs(params, x)
-    _validation.check_labels(labels, x.shape[0], params[-1]["w"].shape[1])
+    batched = _validation.check_inputs(params, x)
+    _validation.check_labels(
+        labels, np.shape(x)[0] if batched else None, np.shape(params[-1]["w"])[1]
+    )
     _validation.check_choice("activation", activation, ACTIVATIONS)
     _validation.check_choice("output", output, OUTPUTS)
     _validation.check_non_negative("l2", l2)
     _validation.check_rate("dropout_rate", dropout_rate)
     _validation.check_rate("input_dropout_rate", input_dropout_rate)
-
-
-def _loss(
-    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
-):
-    """:func:`loss` without the boundary checks, for use inside compiled code."""
-    return _loss_and_logits(
-        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
-    )[0]
-
-
-def _loss_and_logits(
-    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights=None
-):
-    """The loss and, as an auxiliary output, the logits it scored."""
-    logits = _forward(params, x, activation, dropout_rate, input_dropout_rate, key)
-    data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
-    if l2:
-        data_loss = data_loss + l2 * l2_penalty(params)
-    return data_loss, logits
+    _validation.check_key("key", key, optional=True)
+    if weights is not None:
+        expected = (np.shape(x)[0],) if batched else ()
+        if tuple(np.shape(weights)) != expected:
+            raise ValueError(
+                f"weights has shape {tuple(np.shape(weights))}; expected {expected}, one weight "
+                "per example of x"
+            )
+    return batched

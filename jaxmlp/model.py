@@ -46,28 +46,33 @@ def init_mlp(
     layer_sizes: Sequence[int],
     *,
     init: str = "he",
-    scale: float = 0.01,
+    init_scale: float = 0.01,
     dtype: Any = jnp.float32,
+    scale: float | None = None,
 ) -> Params:
     """Initialise the parameters of an MLP with the given layer sizes.
 
     Args:
-      key: a ``jax.random`` key; the same key gives the same parameters.
+      key: a ``jax.random`` key (``jax.random.key(seed)``); the same key gives the same
+        parameters.
       layer_sizes: ``(n_inputs, hidden..., n_outputs)``, e.g. ``(784, 256, 10)``.
       init: ``"he"``: w ~ N(0, 2 / n_in), b = 0 (for ReLU);
         ``"glorot"``: w ~ U(-a, a) with a = sqrt(6 / (n_in + n_out)), b = 0 (for sigmoid / tanh);
-        ``"normal"``: w ~ N(0, scale**2) and b ~ N(0, scale**2) (the MXNet text draws every
-        weight and bias this way; set biases to zero afterwards for the other texts).
-      scale: standard deviation for ``init="normal"``.
+        ``"normal"``: w ~ N(0, init_scale**2) and b ~ N(0, init_scale**2) (the MXNet text draws
+        every weight and bias this way; set biases to zero afterwards for the other texts).
+      init_scale: standard deviation for ``init="normal"``.
       dtype: parameter dtype (``jnp.float64`` needs ``jax_enable_x64``).
+      scale: the former name of ``init_scale`` (deprecated).
 
     Returns:
       A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
     """
+    init_scale = _validation.renamed("scale", scale, "init_scale", init_scale)
+    _validation.check_key("key", key)
     sizes = _validation.check_layer_sizes(layer_sizes)
     _validation.check_choice("init", init, INITS)
     if init == "normal":
-        _validation.check_positive("scale", scale)
+        _validation.check_positive("init_scale", init_scale)
     params = []
     for layer_key, (n_in, n_out) in zip(
         jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:], strict=True), strict=True
@@ -81,8 +86,8 @@ def init_mlp(
             w = jax.random.uniform(w_key, (n_in, n_out), dtype, -limit, limit)
             b = jnp.zeros((n_out,), dtype)
         else:
-            w = scale * jax.random.normal(w_key, (n_in, n_out), dtype)
-            b = scale * jax.random.normal(b_key, (n_out,), dtype)
+            w = init_scale * jax.random.normal(w_key, (n_in, n_out), dtype)
+            b = init_scale * jax.random.normal(b_key, (n_out,), dtype)
         params.append({"w": w, "b": b})
     return params
 
@@ -125,27 +130,46 @@ def dropout_masks(
     return masks
 
 
-def _layer_masks(params: Params, batch: int, dtype: Any, key, dropout_rate, input_dropout_rate):
-    """Mask for the input, then one per hidden layer's output (the output layer is never masked)."""
-    shapes = [(batch, params[0]["w"].shape[0])] + [(batch, p["w"].shape[1]) for p in params[:-1]]
+def layer_masks(
+    params: Params,
+    batch_size: int,
+    *,
+    dtype: Any,
+    key: PRNGKeyArray | None,
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+) -> list[Array | None]:
+    """The dropout masks of one forward pass: one for the input, then one per hidden layer's
+    output (the output layer is never masked), each of shape (batch_size, units).
+
+    :func:`forward`, :func:`jaxmlp.loss` and :func:`jaxmlp.backprop` all draw their masks here,
+    so the same key gives the same masks in each.
+    """
+    shapes = [(batch_size, params[0]["w"].shape[0])] + [
+        (batch_size, p["w"].shape[1]) for p in params[:-1]
+    ]
     rates = [input_dropout_rate] + [dropout_rate] * (len(params) - 1)
     return dropout_masks(key, shapes, rates, dtype)
 
 
 def forward(
     params: Params,
-    x: Float[Array, "batch features"],
+    x: Float[Array, "*batch features"],
     *,
     activation: str = "relu",
     dropout_rate: float = 0.0,
     input_dropout_rate: float = 0.0,
     key: PRNGKeyArray | None = None,
-) -> Float[Array, "batch classes"]:
+) -> Float[Array, "*batch classes"]:
     """Logits of the MLP: hidden layers ``a = phi(a @ w + b)``, then a linear output layer.
+
+    Works inside the caller's ``jax.jit``, ``jax.vmap`` and ``jax.grad``; the argument checks
+    run in Python (at trace time under a transformation).
 
     Args:
       params: as returned by :func:`init_mlp`.
-      x: inputs, shape (batch, n_in), floating point.
+      x: inputs of shape (batch, n_in), or one example of shape (n_in,); floating point, in the
+        parameters' dtype.
       activation: hidden nonlinearity, one of :data:`ACTIVATIONS`.
       dropout_rate: fraction of each hidden layer's units dropped (inverted dropout: the kept
         ones are scaled by 1 / (1 - rate)). Applied only when ``key`` is given.
@@ -153,20 +177,34 @@ def forward(
       key: PRNG key for the dropout masks; ``None`` means evaluation mode (no dropout).
 
     Returns:
-      Logits of shape (batch, n_out); apply :func:`jaxmlp.softmax` for probabilities.
+      Logits of shape (batch, n_out), or (n_out,) for one example; apply
+      :func:`jaxmlp.softmax` for probabilities.
     """
     _validation.check_params(params)
-    _validation.check_inputs(params, x)
+    batched = _validation.check_inputs(params, x)
     _validation.check_choice("activation", activation, ACTIVATIONS)
     _validation.check_rate("dropout_rate", dropout_rate)
     _validation.check_rate("input_dropout_rate", input_dropout_rate)
-    return _forward(params, x, activation, dropout_rate, input_dropout_rate, key)
-
-
-def _forward(params, x, activation, dropout_rate, input_dropout_rate, key):
-    """:func:`forward` without the boundary checks, for use inside compiled code."""
+    _validation.check_key("key", key, optional=True)
+    x = jnp.asarray(x)
+    if not batched:
+        return forward(
+            params,
+            x[None],
+            activation=activation,
+            dropout_rate=dropout_rate,
+            input_dropout_rate=input_dropout_rate,
+            key=key,
+        )[0]
     phi = ACTIVATIONS[activation].function
-    masks = _layer_masks(params, x.shape[0], x.dtype, key, dropout_rate, input_dropout_rate)
+    masks = layer_masks(
+        params,
+        x.shape[0],
+        dtype=x.dtype,
+        key=key,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+    )
     a = x
     for layer, mask in zip(params[:-1], masks[:-1], strict=True):
         if mask is not None:

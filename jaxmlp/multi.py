@@ -16,6 +16,7 @@ may differ between the stacked models; see :func:`stack_states`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,17 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import _validation
-from jaxmlp.model import _forward
-from jaxmlp.training import (
-    TrainState,
-    _check_augmentation,
-    _check_batch_size,
-    _evaluate,
-    _train_epoch,
-    _train_epoch_jit,
-    check_training_data,
-)
+from jaxmlp import _validation, training
+from jaxmlp.model import forward
+from jaxmlp.training import TrainState, check_epoch_arguments, check_state
 
 
 def stack_states(states: Sequence[TrainState]) -> TrainState:
@@ -84,9 +77,9 @@ def unstack_states(states: TrainState) -> list[TrainState]:
     return [jax.tree.map(lambda leaf, i=i: leaf[i], states) for i in range(count(states))]
 
 
-def _first_params(states: TrainState):
-    """The first model's parameters of a stacked state (what the data checks compare
-    against), after checking that ``states`` is one."""
+def first_model(states: TrainState) -> TrainState:
+    """The first model of a stacked state (what the data checks compare against), after
+    checking that ``states`` is one."""
     if not isinstance(states, TrainState):
         raise TypeError(f"expected a stacked TrainState, got {type(states).__name__}")
     if jnp.ndim(states.step) != 1:
@@ -94,88 +87,83 @@ def _first_params(states: TrainState):
             "expected a stacked train state (each leaf with a leading model axis, from "
             f"jaxmlp.multi.stack_states); got one whose step has shape {jnp.shape(states.step)}"
         )
-    return jax.tree.map(lambda leaf: leaf[0], states.params)
+    first = jax.tree.map(lambda leaf: leaf[0], states)
+    check_state(first, "states")
+    return first
 
 
-_train_epoch_many = jax.jit(
-    jax.vmap(_train_epoch, in_axes=(0, None, None, None, None, None)),
-    static_argnums=(3, 4, 5),
-    donate_argnums=0,
-)
+@functools.partial(jax.jit, static_argnames="batch_size")
+def stacked_epoch_program(states: TrainState, images, labels, batch_size: int):
+    def one(state):
+        return training.train_epoch(state, images, labels, batch_size=batch_size)
+
+    return jax.vmap(one)(states)
 
 
 def train_epoch(
     states: TrainState, images, labels, *, batch_size: int
 ) -> tuple[TrainState, dict[str, Any]]:
-    """One epoch of every stacked model over the same data, in one jitted program.
+    """One epoch of every stacked model over the same data, in one jitted program:
+    :func:`jaxmlp.train_epoch` under ``jax.vmap``.
 
     Each model shuffles with its own key, exactly as :func:`jaxmlp.train_epoch` would for that
     model alone. Returns the stacked states and metrics whose values have one entry per model
-    (``loss``, ``train_accuracy``, ``diverged_at_step``). The input states' buffers are donated.
+    (``loss``, ``train_accuracy``, ``diverged_at_step``). The input states are not donated.
 
-    A stack of one model runs :func:`jaxmlp.train_epoch`'s program instead: on CPU, XLA lays out
-    the vmapped weight gradients transposed and copies them back every step, which made one
+    A stack of one model runs :func:`jaxmlp.train_epoch` unbatched instead: on CPU, XLA lays
+    out the vmapped weight gradients transposed and copies them back every step, which made one
     784-1024-1024-10 model's epoch 40-55 % slower than the same epoch unbatched.
     """
-    first = _first_params(states)
-    images, labels = check_training_data(first, images, labels, "images", "labels")
-    batch_size = _check_batch_size(batch_size, images.shape[0])
-    _check_augmentation(states.options, images.shape[1])
+    first = first_model(states)
+    images, labels, batch_size = check_epoch_arguments(first, images, labels, batch_size, None)
     if count(states) == 1:
-        state = jax.tree.map(lambda leaf: leaf[0], states)
-        state, metrics = _train_epoch_jit(state, images, labels, batch_size, None, 1, None)
+        state, metrics = training.train_epoch(first, images, labels, batch_size=batch_size)
         return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
-    return _train_epoch_many(states, images, labels, batch_size, None, 1)
+    return stacked_epoch_program(states, images, labels, batch_size)
 
 
-_evaluate_many = jax.jit(
-    jax.vmap(_evaluate, in_axes=(0, None, None, None, None)),
-    static_argnums=(3, 4),
-)
+@functools.partial(jax.jit, static_argnames=("options", "batch_size"))
+def _evaluate_many(params, images, labels, options, batch_size: int):
+    def one(p):
+        scores = training.evaluate(p, images, labels, options=options, batch_size=batch_size)
+        return scores["loss"], scores["correct"]
+
+    return jax.vmap(one)(params)
 
 
 def evaluate(states: TrainState, images, labels, *, batch_size: int = 2048) -> dict[str, Any]:
-    """Exact loss and accuracy of every stacked model (evaluation mode, no dropout).
+    """Exact loss and accuracy of every stacked model (evaluation mode, no dropout):
+    :func:`jaxmlp.evaluate` under ``jax.vmap``.
 
     Returns numpy arrays with one entry per model: ``loss``, ``accuracy``, ``correct``, and the
     int ``count`` of examples.
     """
-    first = _first_params(states)
-    _validation.check_params(first)
-    images, labels = check_training_data(first, images, labels, "images", "labels")
-    batch_size = min(_validation.check_positive_int("batch_size", batch_size), images.shape[0])
-    metrics = _evaluate_many(states.params, images, labels, states.options, batch_size)
-    correct = np.asarray(metrics["correct"])
+    first = first_model(states)
+    images, labels = _validation.check_dataset(first.params, images, labels, "images", "labels")
     n = images.shape[0]
-    return {
-        "loss": np.asarray(metrics["loss"]),
-        "accuracy": correct / n,
-        "correct": correct,
-        "count": n,
-    }
+    batch_size = min(_validation.check_positive_int("batch_size", batch_size), n)
+    loss, correct = _evaluate_many(states.params, images, labels, states.options, batch_size)
+    correct = np.asarray(correct)
+    return {"loss": np.asarray(loss), "accuracy": correct / n, "correct": correct, "count": n}
+
+
+@functools.partial(jax.jit, static_argnames="activation")
+def _logits_many(params, x, activation: str):
+    return jax.vmap(lambda p: forward(p, x, activation=activation))(params)
 
 
 def predict_logits(states: TrainState, images, *, batch_size: int = 2048) -> np.ndarray:
     """Logits of every stacked model, shape (models, n, classes), in evaluation mode."""
-    first = _first_params(states)
-    _validation.check_inputs(first, images)
+    first = first_model(states)
+    _validation.check_inputs(first.params, images, "images")
     images = jnp.asarray(images)
     activation = states.options.activation
     batch_size = _validation.check_positive_int("batch_size", batch_size)
     if images.shape[0] == 0:
-        classes = first[-1]["b"].shape[-1]
-        return np.zeros((count(states), 0, classes), np.dtype(first[-1]["b"].dtype))
+        classes = first.params[-1]["b"].shape[-1]
+        return np.zeros((count(states), 0, classes), np.dtype(first.params[-1]["b"].dtype))
     chunks = [
         np.asarray(_logits_many(states.params, images[i : i + batch_size], activation))
         for i in range(0, images.shape[0], batch_size)
     ]
     return np.concatenate(chunks, axis=1)
-
-
-_logits_many = jax.jit(
-    jax.vmap(
-        lambda params, x, activation: _forward(params, x, activation, 0.0, 0.0, None),
-        in_axes=(0, None, None),
-    ),
-    static_argnums=2,
-)

@@ -122,12 +122,12 @@ def test_sigmoid_cross_entropy_gradient_is_sigmoid_minus_target_over_batch():
 
 class L2Test(chex.TestCase):
     def test_penalty_is_half_sum_of_squared_weights_only(self):
-        params = jaxmlp.init_mlp(jax.random.key(0), (5, 4, 3), init="normal", scale=1.0)
+        params = jaxmlp.init_mlp(jax.random.key(0), (5, 4, 3), init="normal", init_scale=1.0)
         expected = 0.5 * (jnp.sum(params[0]["w"] ** 2) + jnp.sum(params[1]["w"] ** 2))
         chex.assert_trees_all_close(jaxmlp.l2_penalty(params), expected)
 
     def test_gradient_of_l2_term_is_l2_times_w_and_leaves_biases(self):
-        params = jaxmlp.init_mlp(jax.random.key(1), (6, 5, 3), init="normal", scale=1.0)
+        params = jaxmlp.init_mlp(jax.random.key(1), (6, 5, 3), init="normal", init_scale=1.0)
         x = jax.random.normal(jax.random.key(2), (4, 6))
         labels = jnp.array([0, 1, 2, 0])
         l2 = 0.3

@@ -45,7 +45,7 @@ def test_init_shapes_dtypes_and_determinism():
     ],
 )
 def test_init_statistics(init, expected_std, bias_std):
-    params = jaxmlp.init_mlp(jax.random.key(0), (400, 300), init=init, scale=0.01)
+    params = jaxmlp.init_mlp(jax.random.key(0), (400, 300), init=init, init_scale=0.01)
     w, b = np.asarray(params[0]["w"]), np.asarray(params[0]["b"])
     assert abs(w.mean()) < 0.05 * expected_std
     assert w.std() == pytest.approx(expected_std, rel=0.02)
@@ -53,7 +53,7 @@ def test_init_statistics(init, expected_std, bias_std):
 
 
 def test_forward_matches_written_out_layers():
-    params = jaxmlp.init_mlp(jax.random.key(0), (6, 5, 4, 3), init="normal", scale=0.5)
+    params = jaxmlp.init_mlp(jax.random.key(0), (6, 5, 4, 3), init="normal", init_scale=0.5)
     x = jax.random.normal(jax.random.key(1), (7, 6))
     for name, phi in [
         ("relu", jax.nn.relu),
@@ -70,7 +70,7 @@ def test_forward_matches_written_out_layers():
 
 
 def test_identity_activation_makes_a_linear_map():
-    params = jaxmlp.init_mlp(jax.random.key(0), (4, 8, 3), init="normal", scale=1.0)
+    params = jaxmlp.init_mlp(jax.random.key(0), (4, 8, 3), init="normal", init_scale=1.0)
     x = jax.random.normal(jax.random.key(1), (5, 4))
     f = lambda x: jaxmlp.forward(params, x, activation="identity")
     chex.assert_trees_all_close(f(2 * x) - f(x), f(x) - f(jnp.zeros_like(x)), atol=1e-4)
@@ -106,5 +106,7 @@ class DropoutTest(chex.TestCase):
         # the output layer sees masked activations, so outputs differ from evaluation mode.
         train = jaxmlp.forward(self.params, self.x, dropout_rate=0.5, key=jax.random.key(0))
         assert not np.allclose(train, jaxmlp.forward(self.params, self.x))
-        masks = jaxmlp.model._layer_masks(self.params, 8, jnp.float32, jax.random.key(0), 0.5, 0.0)
+        masks = jaxmlp.model.layer_masks(
+            self.params, 8, dtype=jnp.float32, key=jax.random.key(0), dropout_rate=0.5
+        )
         assert masks[0] is None and masks[1] is not None

@@ -90,10 +90,10 @@ def test_repeated_epochs_compile_once():
     x, y = _data()
     stacked = jaxmlp.multi.stack_states(_states([0, 1]))
     stacked, _ = jaxmlp.multi.train_epoch(stacked, x, y, batch_size=60)
-    before = jaxmlp.multi._train_epoch_many._cache_size()
+    before = jaxmlp.multi.stacked_epoch_program._cache_size()
     for _ in range(3):
         stacked, _ = jaxmlp.multi.train_epoch(stacked, x, y, batch_size=60)
-    assert jaxmlp.multi._train_epoch_many._cache_size() == before
+    assert jaxmlp.multi.stacked_epoch_program._cache_size() == before
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_states_that_cannot_share_a_program_are_refused(states, error, message):
 def test_an_unstacked_state_or_bad_data_is_refused_before_compiling():
     x, y = _data()
     (single,) = _states([0])
-    before = jaxmlp.multi._train_epoch_many._cache_size()
+    before = jaxmlp.multi.stacked_epoch_program._cache_size()
     with pytest.raises(ValueError, match="expected a stacked train state"):
         jaxmlp.multi.train_epoch(single, x, y, batch_size=10)
     stacked = jaxmlp.multi.stack_states(_states([0, 1]))
@@ -129,8 +129,8 @@ def test_an_unstacked_state_or_bad_data_is_refused_before_compiling():
         jaxmlp.multi.train_epoch(stacked, x, y, batch_size=0)
     with pytest.raises(ValueError):
         jaxmlp.multi.train_epoch(stacked, x[:, :10], y, batch_size=10)
-    assert jaxmlp.multi._train_epoch_many._cache_size() == before
-    assert training._train_epoch_jit is not None
+    assert jaxmlp.multi.stacked_epoch_program._cache_size() == before
+    assert training.epoch_program is not None
 
 
 def test_logits_of_no_images_are_empty_and_non_states_are_refused():

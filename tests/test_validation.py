@@ -119,12 +119,12 @@ def test_errors_are_raised_before_any_compile():
     # A refused call must not reach jit: the compiled-program cache of the epoch stays as it was.
     from jaxmlp import training
 
-    before = training._train_epoch_jit._cache_size()
+    before = training.epoch_program._cache_size()
     with pytest.raises(ValueError):
         _fit(batch_size=0)
     with pytest.raises(ValueError):
         _fit(x=np.full((5, 4), np.inf, np.float32))
-    assert training._train_epoch_jit._cache_size() == before
+    assert training.epoch_program._cache_size() == before
 
 
 def test_inputs_are_not_modified():

@@ -1,0 +1,256 @@
+"""``fit``: the one training loop, used by library code and by ``jaxmlp train``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+
+from jaxmlp import _validation
+from jaxmlp.model import layer_sizes_of
+from jaxmlp.training._epoch import check_epoch_arguments, epoch_plan, epoch_program
+from jaxmlp.training._evaluate import evaluate
+from jaxmlp.training._options import ModelOptions, model_option_names
+from jaxmlp.training._state import TrainState, check_state, create_train_state
+
+Record = dict[str, Any]
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient at ``epoch``, ``step`` (1-based).
+
+    ``state`` is the state from the start of that epoch, the last one known to be good, and
+    ``history`` the records of the epochs before it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        state: TrainState,
+        epoch: int,
+        step: int,
+        history: list[Record] | None = None,
+    ):
+        super().__init__(message)
+        self.state, self.epoch, self.step = state, epoch, step
+        self.history = list(history or [])
+
+
+def _state_for(
+    state: TrainState | None,
+    key,
+    layer_sizes,
+    optimizer,
+    options: ModelOptions | None,
+    model_options: dict[str, Any],
+    init_arguments: dict[str, Any],
+) -> TrainState:
+    """The state to train: the given one (refusing arguments that contradict it) or a new one."""
+    unknown = sorted(set(model_options) - set(model_option_names()))
+    if unknown:
+        raise TypeError(
+            f"fit got unknown options {unknown}; model options are "
+            f"{', '.join(model_option_names())}"
+        )
+    if options is not None and model_options:
+        raise TypeError(
+            f"give either options= or model options ({', '.join(model_options)}=), not both"
+        )
+    if state is None:
+        if key is None or layer_sizes is None or optimizer is None:
+            raise TypeError(
+                "fit needs key, layer_sizes and optimizer to create a train state (or a "
+                "state= to continue)"
+            )
+        sizes = _validation.check_layer_sizes(layer_sizes)
+        if options is None:
+            options = ModelOptions(**model_options)
+        given = {k: v for k, v in init_arguments.items() if v is not None}
+        return create_train_state(key, sizes, optimizer, options=options, **given)
+    check_state(state)
+    own_sizes = layer_sizes_of(state.params)
+    problems = []
+    if key is not None:
+        problems.append("key (the state carries its own key)")
+    if layer_sizes is not None and tuple(layer_sizes) != own_sizes:
+        problems.append(
+            f"layer_sizes={tuple(layer_sizes)} (the state's model is "
+            f"{'-'.join(map(str, own_sizes))})"
+        )
+    if optimizer is not None and optimizer is not state.optimizer:
+        problems.append(
+            "optimizer (another object than the state's optimizer; to change optimizers, start "
+            "a new state with create_train_state(..., params=state.params))"
+        )
+    if options is not None and options != state.options:
+        problems.append(f"options={options} (the state's are {state.options})")
+    for name, value in model_options.items():
+        if getattr(state.options, name) != value:
+            problems.append(f"{name}={value!r} (the state's is {getattr(state.options, name)!r})")
+    for name, value in init_arguments.items():
+        if value is not None:
+            problems.append(f"{name}={value!r} (it only applies to a new state)")
+    if problems:
+        raise ValueError(
+            "fit(state=...) continues that state as it is, but it was also given "
+            + "; ".join(problems)
+        )
+    return state
+
+
+def _check_history(history) -> list[Record]:
+    if history is None:
+        return []
+    if not isinstance(history, Sequence) or not all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in history
+    ):
+        raise TypeError(
+            "history must be a list of per-epoch records (dicts with an int 'epoch'), as fit "
+            "returns it"
+        )
+    return [dict(r) for r in history]
+
+
+def fit(
+    key=None,
+    layer_sizes: Sequence[int] | None = None,
+    x_train=None,
+    y_train=None,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    epochs: int,
+    batch_size: int,
+    validation_data: tuple[Any, Any] | None = None,
+    init: str | None = None,
+    init_scale: float | None = None,
+    dtype: Any = None,
+    evaluate_train: bool = False,
+    state: TrainState | None = None,
+    history: Sequence[Record] | None = None,
+    on_epoch_end: Callable[[TrainState, Record], bool | None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    options: ModelOptions | None = None,
+    scale: float | None = None,
+    **model_options: Any,
+) -> tuple[TrainState, list[Record]]:
+    """Train an MLP and return ``(state, history)``.
+
+    Args:
+      key: PRNG key (``jax.random.key(seed)``) for the initial parameters, the shuffling order
+        and dropout; not with ``state``.
+      layer_sizes: e.g. ``(784, 256, 10)``; with ``state`` it may be given, and must match.
+      x_train, y_train: (n, features) floating images (in the parameters' dtype) and (n,)
+        integer labels. Images that look like raw 0-255 pixels get a warning.
+      optimizer: an optax optimizer, e.g. ``jaxmlp.optimizer("adam", 1e-3)``; with ``state``
+        only the state's own optimizer object is accepted.
+      epochs, batch_size: passes over the data in this call, and examples per step.
+      validation_data: optional ``(x, y)`` scored after every epoch.
+      init, init_scale, dtype: passed to :func:`jaxmlp.init_mlp` for a new state.
+      evaluate_train: also score the whole training set in evaluation mode after each epoch
+        (``train_accuracy`` then is that exact figure instead of the running one).
+      state: continue from this state (from :func:`jaxmlp.create_train_state`, an earlier fit,
+        or a checkpoint). It is not donated or modified: the caller's arrays stay valid.
+      history: the records of the epochs already trained (as an earlier fit returned them);
+        the new epochs are numbered after its last one, and the returned history includes it.
+      on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch (checkpoints,
+        logging); returning ``True`` stops training after that epoch.
+      progress: called as ``progress(epoch, done_steps, total_steps)`` from inside the
+        compiled epoch, about 50 times per epoch (progress bars).
+      mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
+        the state and the data are replicated on its devices and each batch is split across
+        them; ``batch_size`` must be a multiple of the device count.
+      options: a :class:`ModelOptions` for a new state; or give its fields as keywords:
+      **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
+        ``output``, ...). With ``state`` they may be given and must match the state's.
+      scale: the former name of ``init_scale`` (deprecated).
+
+    Returns:
+      The final state and one record per epoch: ``epoch``, ``loss`` (mean training loss),
+      ``train_accuracy``, ``seconds`` (wall time of the epoch's training program; the first
+      epoch of a call includes the compile, also given as ``compile_seconds``), and
+      ``validation_loss`` / ``validation_accuracy`` with validation data.
+
+    Raises:
+      DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
+        and its ``history`` the records before it.
+    """
+    init_scale = _validation.renamed("scale", scale, "init_scale", init_scale)
+    epochs = _validation.check_positive_int("epochs", epochs)
+    state = _state_for(
+        state,
+        key,
+        layer_sizes,
+        optimizer,
+        options,
+        model_options,
+        {"init": init, "init_scale": init_scale, "dtype": dtype},
+    )
+    history = _check_history(history)
+    if x_train is None or y_train is None:
+        raise TypeError("fit needs the training data x_train and y_train")
+    x_train, y_train, batch_size = check_epoch_arguments(
+        state, x_train, y_train, batch_size, mesh, names=("x_train", "y_train")
+    )
+    if validation_data is not None:
+        x_valid, y_valid = _validation.check_dataset(
+            state.params, *validation_data, "validation images", "validation labels"
+        )
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
+
+    first_epoch = history[-1]["epoch"] + 1 if history else 1
+    steps, _ = epoch_plan(x_train.shape[0], batch_size)
+    current = {"epoch": first_epoch}
+    hook = None
+    if progress is not None:
+
+        def hook(done, total):
+            progress(current["epoch"], int(done), int(total))
+
+    start = time.perf_counter()
+    compiled = epoch_program.lower(
+        state, x_train, y_train, batch_size, hook, max(1, steps // 50), mesh
+    ).compile()
+    compile_seconds = time.perf_counter() - start
+    for epoch in range(first_epoch, first_epoch + epochs):
+        current["epoch"] = epoch
+        start = time.perf_counter()
+        before = state  # not donated: the fallback after a divergence
+        state, metrics = compiled(state, x_train, y_train)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - start
+        if metrics["diverged_at_step"] >= 0:
+            step = int(metrics["diverged_at_step"])
+            raise DivergenceError(
+                f"non-finite loss or gradient at epoch {epoch}, step {step + 1}; "
+                "try a lower learning rate",
+                before,
+                epoch,
+                step + 1,
+                history,
+            )
+        record: Record = {
+            "epoch": epoch,
+            "loss": float(metrics["loss"]),
+            "train_accuracy": float(metrics["train_accuracy"]),
+            "seconds": seconds + (compile_seconds if epoch == first_epoch else 0.0),
+        }
+        if epoch == first_epoch:
+            record["compile_seconds"] = compile_seconds
+        if evaluate_train:
+            record["train_accuracy"] = evaluate(state, x_train, y_train)["accuracy"]
+        if validation_data is not None:
+            scores = evaluate(state, x_valid, y_valid)
+            record["validation_loss"] = scores["loss"]
+            record["validation_accuracy"] = scores["accuracy"]
+        history.append(record)
+        if on_epoch_end is not None and on_epoch_end(state, record) is True:
+            break
+    return state, history
+
+
