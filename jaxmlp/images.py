@@ -15,6 +15,7 @@ until it gets the same treatment, so :func:`to_mnist` applies it:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,18 @@ class ImageError(ValueError):
 
 
 def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as an (H, W) uint8 array; transparency is composited onto white."""
+    """An image file as an (H, W) uint8 array; transparency is composited onto white.
+
+    Images of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 megapixels) are refused
+    before they are decoded: decoding one could take gigabytes of memory (a "decompression
+    bomb"), and a digit needs a few hundred pixels a side at most.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only; PIL checks the size here
+        with opened as image:
             image.load()
             if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
@@ -45,6 +54,11 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
             return np.asarray(gray, dtype=np.uint8)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            f"{path}: too large to decode safely ({str(e).rstrip('.')}); scale it down first: "
+            "a digit needs a few hundred pixels a side at most"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         raise ImageError(f"{path}: cannot read as an image ({e})") from None
 

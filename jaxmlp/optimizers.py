@@ -6,6 +6,7 @@ name meets its optax constructor and its defaults, so the texts' settings are ea
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import optax
 
 from jaxmlp import _validation
+from jaxmlp._schema import option
 
 # name -> (optax constructor, defaults the name implies)
 _OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], dict[str, Any]]] = {
@@ -75,30 +77,148 @@ def schedule(
     total_steps: int,
     *,
     warmup_steps: int = 0,
-    final_fraction: float = 0.0,
+    final_lr_fraction: float = 0.0,
     decay_rate: float = 0.1,
     boundaries: tuple[float, ...] = (0.5, 0.75),
+    final_fraction: float | None = None,
 ) -> float | Schedule:
     """A learning-rate schedule over ``total_steps`` optimizer steps.
 
-    ``constant``: the plain number. ``cosine``: cosine decay to ``final_fraction * lr``.
+    ``constant``: the plain number. ``cosine``: cosine decay to ``final_lr_fraction * lr``.
     ``warmup_cosine``: linear warm-up over ``warmup_steps``, then cosine decay.
     ``exponential``: lr * decay_rate ** (step / total_steps).
     ``step``: lr multiplied by 0.1 at each fraction of training in ``boundaries``.
+    ``final_fraction`` is the former name of ``final_lr_fraction`` (deprecated).
     """
+    final_lr_fraction = _validation.renamed(
+        "final_fraction", final_fraction, "final_lr_fraction", final_lr_fraction
+    )
     _validation.check_choice("schedule", name, SCHEDULES)
     _validation.check_positive("learning_rate", learning_rate)
     _validation.check_positive_int("total_steps", total_steps)
     if name == "constant":
         return learning_rate
     if name == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, total_steps, alpha=final_fraction)
+        return optax.cosine_decay_schedule(learning_rate, total_steps, alpha=final_lr_fraction)
     if name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, max(warmup_steps, 1), total_steps, learning_rate * final_fraction
+            0.0,
+            learning_rate,
+            max(warmup_steps, 1),
+            total_steps,
+            learning_rate * final_lr_fraction,
         )
     if name == "exponential":
         return optax.exponential_decay(learning_rate, total_steps, decay_rate)
     return optax.piecewise_constant_schedule(
         learning_rate, {int(fraction * total_steps): 0.1 for fraction in boundaries}
     )
+
+
+HYPERPARAMETERS = (
+    "momentum",
+    "b1",
+    "b2",
+    "eps",
+    "decay",
+    "initial_accumulator_value",
+    "weight_decay",
+)
+"""The optax keyword arguments :class:`OptimizerSettings` can set (each optimizer takes some)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerSettings:
+    """An optimizer and its learning-rate schedule by name: what a run configuration or a sweep
+    stores; :meth:`build` turns it into the optax transformation for a given number of steps.
+
+    The fields are the arguments of :func:`optimizer` and :func:`schedule` under their optax
+    names (unset hyperparameters keep optax's defaults), and the options of ``jaxmlp train``.
+    """
+
+    optimizer: str = option("adam", "optimizer", group="opt", choices=OPTIMIZERS)
+    learning_rate: float = option(1e-3, "peak learning rate", group="opt", metavar="LR")
+    momentum: float | None = option(
+        None, "momentum (sgd, rmsprop; momentum/nesterov use 0.9)", group="opt", metavar="MU"
+    )
+    b1: float | None = option(
+        None,
+        "first-moment decay (adam family; optax default 0.9)",
+        group="opt",
+        metavar="B1",
+        aliases=("beta1",),
+    )
+    b2: float | None = option(
+        None,
+        "second-moment decay (adam family; optax default 0.999)",
+        group="opt",
+        metavar="B2",
+        aliases=("beta2",),
+    )
+    eps: float | None = option(
+        None, "epsilon of adaptive optimizers (optax default)", group="opt", metavar="EPS"
+    )
+    decay: float | None = option(
+        None, "rmsprop's squared-gradient decay rho (optax default 0.9)", group="opt", metavar="RHO"
+    )
+    initial_accumulator_value: float | None = option(
+        None,
+        "adagrad's initial accumulator (optax default 0.1)",
+        group="opt",
+        metavar="H0",
+        aliases=("initial_accumulator",),
+    )
+    weight_decay: float | None = option(
+        None, "decoupled weight decay (adamw, lamb)", group="opt", metavar="WD"
+    )
+    schedule: str = option(
+        "constant", "learning-rate schedule over all steps", group="opt", choices=SCHEDULES
+    )
+    warmup_steps: int = option(
+        0, "linear warm-up steps of --schedule warmup_cosine", group="opt", metavar="STEPS"
+    )
+    final_lr_fraction: float = option(
+        0.0,
+        "final learning rate of the cosine schedules, as a fraction of the peak",
+        group="opt",
+        metavar="F",
+    )
+    decay_rate: float = option(
+        0.1, "total decay factor of --schedule exponential", group="opt", metavar="F"
+    )
+
+    def __post_init__(self):
+        _validation.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _validation.check_positive("learning_rate", self.learning_rate)
+        _validation.check_choice("schedule", self.schedule, SCHEDULES)
+        for name in HYPERPARAMETERS:
+            value = getattr(self, name)
+            if value is not None:
+                _validation.check_non_negative(name, value)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise TypeError(f"warmup_steps must be an int, got {self.warmup_steps!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is invalid; expected >= 0")
+        _validation.check_non_negative("final_lr_fraction", self.final_lr_fraction)
+        _validation.check_positive("decay_rate", self.decay_rate)
+        # Hyperparameters the optimizer does not take are refused now, not at build time.
+        optimizer(self.optimizer, self.learning_rate, **self.hyperparameters())
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The optax keyword arguments set here (unset ones keep optax's defaults)."""
+        return {
+            name: getattr(self, name) for name in HYPERPARAMETERS if getattr(self, name) is not None
+        }
+
+    def build(self, total_steps: int) -> optax.GradientTransformation:
+        """The optax optimizer, its learning rate following the schedule over ``total_steps``
+        optimizer steps (``epochs * ceil(n_train / batch_size)`` for a whole run)."""
+        learning_rate = schedule(
+            self.schedule,
+            self.learning_rate,
+            total_steps,
+            warmup_steps=self.warmup_steps,
+            final_lr_fraction=self.final_lr_fraction,
+            decay_rate=self.decay_rate,
+        )
+        return optimizer(self.optimizer, learning_rate, **self.hyperparameters())

@@ -106,7 +106,7 @@ def test_learning_rate_may_be_a_schedule():
 
 @pytest.mark.parametrize("name", ["cosine", "warmup_cosine", "exponential", "step"])
 def test_schedules_start_and_end_where_documented(name):
-    fn = jaxmlp.schedule(name, 1.0, 100, warmup_steps=10, final_fraction=0.0)
+    fn = jaxmlp.schedule(name, 1.0, 100, warmup_steps=10, final_lr_fraction=0.0)
     values = np.array([float(fn(i)) for i in range(101)])
     assert values.max() == pytest.approx(1.0, rel=1e-6)
     assert values[-1] < values.max()
