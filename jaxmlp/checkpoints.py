@@ -1,5 +1,43 @@
 """Checkpoints of a :class:`~jaxmlp.TrainState`, one per epoch.
 
+Save every epoch from your own training loop, and later continue from the latest good one::
+
+    import jax
+    import jaxmlp
+    from jaxmlp import checkpoints
+
+    layer_sizes, optimizer = (6, 5, 3), jaxmlp.optimizer("adam", 1e-2)
+    x = jax.random.normal(jax.random.key(1), (64, 6))
+    y = jax.random.randint(jax.random.key(2), (64,), 0, 3)
+
+    state = jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer)
+    for epoch in range(1, 4):
+        state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
+        checkpoints.save("run/checkpoints", epoch, state, meta={"loss": float(metrics["loss"])})
+
+    # Later (a new process): a fresh state of the same configuration is the target that the
+    # saved arrays are restored into.
+    target = jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer)
+    restored = checkpoints.restore("run/checkpoints", target)  # the latest good epoch: 3
+    state = restored.state
+    for epoch in range(restored.epoch + 1, 6):
+        state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
+        checkpoints.save("run/checkpoints", epoch, state)
+
+The continued run is the run that was never interrupted, bit for bit (on the same machine and
+JAX version): a checkpoint holds the whole train state's arrays (parameters, optimizer state,
+step and the PRNG key that shuffles and drops out). It does not hold the state's static fields,
+the optimizer (an ``optax`` transformation: code) and the :class:`~jaxmlp.ModelOptions`, nor
+the optimizer state's tree structure (which the optimizer decides). These come from the
+*target*, a freshly created state of the saved configuration, which also fixes the shapes and
+dtypes the arrays must have; its own values are discarded. Build it with the same layer sizes,
+dtype, optimizer and ``options`` as the saved run: a target with another learning rate continues
+with that learning rate, and one of another architecture, dtype or optimizer state is refused
+with an :class:`ArchitectureMismatchError` naming both.
+
+Checkpoint directory (format 2)
+-------------------------------
+
 A checkpoint directory holds one sub-directory per saved epoch::
 
     <dir>/<epoch>/
@@ -18,7 +56,8 @@ files and the directory fsynced, and only then renamed to ``<dir>/<epoch>``: a n
 directory is complete by construction, and a save killed part-way leaves a ``.tmp-`` directory
 that is never listed and that the next save removes. Old steps beyond ``keep`` are first renamed
 to a hidden ``.deleting-`` name and then deleted, so a kill mid-deletion never leaves a half
-step listed either.
+step listed either. A checkpoint that cannot be read or whose bytes do not match its sha256 is
+skipped in favour of the previous one (:func:`restore_latest` reports which were skipped).
 
 The arrays are not written through orbax-checkpoint: every orbax save path measured (a
 ``CheckpointManager`` with or without item handlers, reused or not, a ``StandardCheckpointer``,
@@ -27,25 +66,16 @@ save alive in the process (``scripts/checkpoint_memory.py``; tensorstore's Pytho
 the metrics and spec objects that orbax queries on every save), which a run with a checkpoint
 per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB. Checkpoints of
 format 1 (written through orbax by earlier versions: ``state/`` and ``meta/`` items,
-``_CHECKPOINT_METADATA``) are still listed and restored, through orbax.
-
-Restoring builds on a *target*: a freshly created train state of the intended configuration,
-which fixes the shapes, dtypes and the optimizer state's structure. A checkpoint of another
-architecture is refused with an :class:`ArchitectureMismatchError` naming both shapes; a
-checkpoint that cannot be read or whose bytes do not match its sha256 is skipped in favour of
-the previous one (:func:`restore_latest` reports which were skipped).
+``_CHECKPOINT_METADATA``) are still listed and restored, through orbax
+(:mod:`jaxmlp._checkpoints_v1`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import json
-import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -55,8 +85,33 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmlp import _checkpoints_v1
+from jaxmlp._checkpoints_common import (
+    CheckpointError,
+    as_dtype,
+    check_count,
+    check_meta,
+    check_path,
+    checksum,
+    fsync_directory,
+    named_leaves,
+    one_line,
+)
 from jaxmlp.model import layer_sizes_of
 from jaxmlp.training import TrainState
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "Restored",
+    "checksum",
+    "list_steps",
+    "read_meta",
+    "restore",
+    "restore_latest",
+    "save",
+    "state_arrays",
+]
 
 FORMAT_VERSION = 2
 
@@ -64,13 +119,8 @@ ARRAYS_FILE = "arrays.npz"
 META_FILE = "meta.json"
 _TMP = ".tmp-"
 _DELETING = ".deleting-"
-# A finished step of format 1 (orbax) holds this file; its temporary directories are named so.
-_V1_METADATA = "_CHECKPOINT_METADATA"
-_V1_TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp-")
-
-
-class CheckpointError(OSError):
-    """A checkpoint cannot be written, or no checkpoint in a directory can be read."""
+# The keys save sets in meta.json; a caller's meta may not replace them.
+_CHECKPOINT_KEYS = frozenset({"format", "epoch", "layer_sizes", "dtype", "arrays", "sha256"})
 
 
 class ArchitectureMismatchError(ValueError):
@@ -79,12 +129,12 @@ class ArchitectureMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-    """Result of :func:`restore_latest`.
+    """Result of :func:`restore` and :func:`restore_latest`.
 
     Attributes:
       state: the restored train state (the target's static fields, the checkpoint's arrays).
       epoch: the epoch it was saved at.
-      meta: the checkpoint's JSON metadata.
+      meta: the checkpoint's JSON metadata (``meta.json``: the format's keys and the caller's).
       skipped: ``(epoch, reason)`` for each newer checkpoint that could not be used.
     """
 
@@ -92,6 +142,20 @@ class Restored:
     epoch: int
     meta: dict[str, Any]
     skipped: tuple[tuple[int, str], ...] = ()
+
+
+def _check_state(argument: str, value: Any) -> TrainState:
+    if not isinstance(value, TrainState):
+        raise TypeError(
+            f"{argument} must be a jaxmlp.TrainState, such as "
+            "jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, "
+            f"options=options), got {type(value).__name__}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The arrays of a train state
 
 
 def state_arrays(state: TrainState) -> dict[str, Any]:
@@ -116,27 +180,13 @@ def _with_arrays(target: TrainState, arrays: dict[str, Any]) -> TrainState:
     )
 
 
-def checksum(arrays: dict[str, Any]) -> str:
-    """sha256 over every array's dtype, shape and bytes, in tree order."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(arrays):
-        value = np.asarray(leaf)
-        digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
-
-
-def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
-    """``(name, leaf)`` in tree order, named by path: ``params/0/w``, ``opt_state/0000``..."""
-    return [
-        (jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    ]
+# --------------------------------------------------------------------------------------------
+# Saving a train state
 
 
 def list_steps(directory: str | os.PathLike[str]) -> list[int]:
     """Saved epochs in ``directory``, oldest first (empty if there is none)."""
-    directory = Path(directory)
+    directory = check_path("directory", directory)
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if _complete_step(p))
@@ -149,7 +199,7 @@ def _complete_step(path: Path) -> bool:
     return (
         path.is_dir()
         and path.name.isdigit()
-        and ((path / META_FILE).is_file() or (path / _V1_METADATA).is_file())
+        and ((path / META_FILE).is_file() or _checkpoints_v1.is_step(path))
     )
 
 
@@ -161,19 +211,27 @@ def save(
     meta: dict[str, Any] | None = None,
     keep: int = 3,
 ) -> Path:
-    """Saves ``state`` as epoch ``epoch`` and deletes all but the ``keep`` newest epochs
-    (``keep=0`` keeps them all).
+    """Saves ``state`` as epoch ``epoch`` in ``<directory>/<epoch>`` and deletes all but the
+    ``keep`` newest epochs (``keep=0`` keeps them all). Saving an epoch again replaces it.
+
+    ``meta``: JSON values stored beside the arrays (in ``meta.json``) and returned as
+    ``Restored.meta``, e.g. the history so far; its keys may not be the format's own
+    (``format``, ``epoch``, ``layer_sizes``, ``dtype``, ``arrays``, ``sha256``).
 
     Blocks until the checkpoint is complete on disk (fsynced). Returns the step directory.
+    ``state`` stays valid (its arrays are copied to the host, never donated).
 
     Raises:
       CheckpointError: the directory cannot be written (the previous checkpoints are intact).
-      TypeError: ``meta`` holds something JSON cannot represent.
+      TypeError, ValueError: a wrong argument; ``meta`` holds something JSON cannot represent.
     """
-    directory = Path(directory)
-    epoch = int(epoch)
+    directory = check_path("directory", directory)
+    epoch = check_count("epoch", epoch)
+    _check_state("state", state)
+    keep = check_count("keep", keep)
+    extra = check_meta(meta, _CHECKPOINT_KEYS)
     host = jax.device_get(state_arrays(state))
-    named = [(name, np.asarray(leaf)) for name, leaf in _named_leaves(host)]
+    named = [(name, np.asarray(leaf)) for name, leaf in named_leaves(host)]
     info = {
         "format": FORMAT_VERSION,
         "epoch": epoch,
@@ -182,7 +240,7 @@ def save(
         "arrays": [[name, str(value.dtype), list(value.shape)] for name, value in named],
         "sha256": checksum(host),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(meta or {}),
+        **extra,
     }
     text = json.dumps(info, indent=1) + "\n"  # a caller's unserializable meta fails here
     final = directory / str(epoch)
@@ -199,32 +257,20 @@ def save(
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_directory(tmp)
+        fsync_directory(tmp)
         if final.exists():
             # A step saved earlier and then abandoned (the run fell back past it): replace it.
             _remove_step(directory, epoch)
         os.rename(tmp, final)
-        _fsync_directory(directory)
+        fsync_directory(directory)
         for old in list_steps(directory)[:-keep] if keep else []:
             _remove_step(directory, old)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
-            f"cannot save the checkpoint of epoch {epoch} in {directory}: {_one_line(e)}"
+            f"cannot save the checkpoint of epoch {epoch} in {directory}: {one_line(e)}"
         ) from e
     return final
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a directory's entries (a new file, a rename) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems cannot sync a directory; nothing more to do there
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _remove_step(directory: Path, step: int) -> None:
@@ -242,28 +288,14 @@ def _remove_leftovers(directory: Path) -> None:
         unfinished = leftover.name.isdigit() and not _complete_step(leftover)
         if (
             leftover.name.startswith((_TMP, _DELETING))
-            or _V1_TMP.match(leftover.name)
+            or _checkpoints_v1.TMP_NAME.match(leftover.name)
             or unfinished
         ):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-_OS_ERROR_CODE = re.compile(r"os_error_code=(\d+)")
-
-
-def _one_line(error: BaseException) -> str:
-    """The first line of an error, with the operating system's reason first (e.g. "No space
-    left on device"), also where tensorstore (format 1) buries it far down its message."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    text = str(error).strip()
-    lines = text.splitlines()
-    first = lines[0][:300] if lines else type(error).__name__
-    code = _OS_ERROR_CODE.search(text)
-    if code:
-        return f"{os.strerror(int(code.group(1)))} ({first})"
-    return first
-
+# --------------------------------------------------------------------------------------------
+# Restoring a train state
 
 Shapes = list[tuple[str, tuple[int, ...], str]]
 
@@ -271,7 +303,7 @@ Shapes = list[tuple[str, tuple[int, ...], str]]
 def _shapes(tree: Any) -> Shapes:
     """``(name, shape, dtype)`` of every leaf (arrays, or orbax's array metadata)."""
     return [
-        (name, tuple(leaf.shape), str(np.dtype(leaf.dtype))) for name, leaf in _named_leaves(tree)
+        (name, tuple(leaf.shape), str(np.dtype(leaf.dtype))) for name, leaf in named_leaves(tree)
     ]
 
 
@@ -330,13 +362,11 @@ def _load_arrays(step_dir: Path, want: dict[str, Any]) -> dict[str, Any]:
     shape, placed like it."""
     leaves = []
     with np.load(step_dir / ARRAYS_FILE, allow_pickle=False) as stored:
-        for name, target in _named_leaves(want):
+        for name, target in named_leaves(want):
             if name not in stored.files:
                 raise ValueError(f"{ARRAYS_FILE} has no array {name}")
-            value = stored[name]
             dtype = np.dtype(target.dtype)
-            if value.dtype.kind == "V" and value.dtype.itemsize == dtype.itemsize:
-                value = value.view(dtype)  # e.g. bfloat16, which .npy keeps as raw records
+            value = as_dtype(stored[name], dtype)
             if (value.dtype, value.shape) != (dtype, tuple(target.shape)):
                 raise ValueError(
                     f"{ARRAYS_FILE}: {name} is {value.shape}/{value.dtype}, "
@@ -347,6 +377,100 @@ def _load_arrays(step_dir: Path, want: dict[str, Any]) -> dict[str, Any]:
     return jax.tree.unflatten(jax.tree.structure(want), leaves)
 
 
+class _Unusable(Exception):
+    """A saved step that cannot be restored; the message says why."""
+
+
+def _read_step(directory: Path, epoch: int, want: dict[str, Any]) -> tuple[dict, dict]:
+    """``(arrays, meta)`` of one step, verified against its sha256.
+
+    Raises:
+      ArchitectureMismatchError: the step's arrays have other shapes than ``want``'s.
+      _Unusable: the step cannot be read, or its arrays do not match their sha256.
+    """
+    step_dir = directory / str(epoch)
+    meta: dict[str, Any] | None = None
+    try:
+        if (step_dir / META_FILE).is_file():
+            meta = _read_meta_file(step_dir)
+            on_disk = _meta_shapes(meta)
+        elif _checkpoints_v1.is_step(step_dir):
+            on_disk = _shapes(_checkpoints_v1.array_metadata(step_dir))
+        else:
+            raise ValueError(f"incomplete: no {META_FILE} (a save or a deletion was interrupted)")
+    except Exception as e:
+        raise _Unusable(f"unreadable metadata ({one_line(e)})") from e
+    _check_compatible(epoch, directory, on_disk, _shapes(want))
+    try:
+        if meta is None:
+            arrays, meta = _checkpoints_v1.restore(step_dir, want)
+        else:
+            arrays = _load_arrays(step_dir, want)
+        if meta.get("sha256") != checksum(arrays):
+            raise ValueError("the arrays do not match the sha256 saved with them")
+    except Exception as e:
+        raise _Unusable(one_line(e)) from e
+    return arrays, meta
+
+
+def _numbered_steps(directory: Path) -> list[int]:
+    """Every numbered step, finished or not: an unfinished newer one is reported, not ignored."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _no_checkpoint(directory: Path, epoch: int | None = None) -> CheckpointError:
+    """The error for a missing checkpoint, naming the epochs that are there."""
+    wanted = f"no checkpoint of epoch {epoch}" if epoch is not None else "no checkpoint"
+    steps = list_steps(directory)
+    if steps:
+        where = f"; the saved epochs are {', '.join(map(str, steps))}"
+    elif directory.is_dir():
+        where = " (the directory holds none)"
+    else:
+        where = " (no such directory)"
+    return CheckpointError(f"{wanted} in {directory}{where}")
+
+
+def restore(
+    directory: str | os.PathLike[str], target: TrainState, *, epoch: int | None = None
+) -> Restored:
+    """The checkpoint of ``epoch`` in ``directory`` (``None``: the newest one that can be read
+    and verifies), restored into ``target``.
+
+    ``target`` is a freshly created train state of the saved run's configuration, e.g.
+    ``jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, options=options)``.
+    A checkpoint holds only arrays: the optimizer and the options (static fields, code and
+    settings) and the optimizer state's tree structure are the target's, and the target's
+    shapes and dtypes are checked against the saved ones. The target's own values are not used
+    and its arrays stay valid.
+
+    Raises:
+      CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved
+        epochs), or it cannot be read or does not match its sha256; with ``epoch=None``: there
+        is no checkpoint, or none can be read.
+      ArchitectureMismatchError: the checkpoint's arrays have other shapes or dtypes than
+        ``target``'s (another architecture, dtype or optimizer).
+      TypeError, ValueError: a wrong argument.
+    """
+    if epoch is None:
+        restored = restore_latest(directory, target)
+        if restored is None:
+            raise _no_checkpoint(Path(directory))
+        return restored
+    directory = check_path("directory", directory)
+    _check_state("target", target)
+    epoch = check_count("epoch", epoch)
+    if not (directory / str(epoch)).is_dir():
+        raise _no_checkpoint(directory, epoch)
+    try:
+        arrays, meta = _read_step(directory, epoch, state_arrays(target))
+    except _Unusable as e:
+        raise CheckpointError(f"checkpoint epoch {epoch} in {directory} is unusable: {e}") from e
+    return Restored(_with_arrays(target, arrays), epoch, meta)
+
+
 def restore_latest(
     directory: str | os.PathLike[str],
     target: TrainState,
@@ -355,7 +479,8 @@ def restore_latest(
     on_skip: Callable[[int, str], None] | None = None,
 ) -> Restored | None:
     """The newest checkpoint in ``directory`` that can be read and verifies, restored into
-    ``target``'s structure; ``None`` if the directory holds no checkpoint.
+    ``target`` (a fresh state of the saved configuration; see :func:`restore` for why one is
+    needed); ``None`` if the directory holds no checkpoint.
 
     A newer checkpoint that cannot be read, or whose arrays do not match the sha256 recorded at
     save time, is reported to ``on_skip(epoch, reason)`` and, if ``quarantine`` is given, moved
@@ -364,50 +489,34 @@ def restore_latest(
     Raises:
       ArchitectureMismatchError: a checkpoint's arrays have other shapes than ``target``'s.
       CheckpointError: there are checkpoints but none of them can be read.
+      TypeError, ValueError: a wrong argument.
     """
-    directory = Path(directory)
-    # Every numbered step, finished or not: an unfinished newer one is reported, not ignored.
-    steps = (
-        sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-        if directory.is_dir()
-        else []
-    )
+    directory = check_path("directory", directory)
+    _check_state("target", target)
+    if quarantine is not None:
+        quarantine = check_path("quarantine", quarantine)
+    if on_skip is not None and not callable(on_skip):
+        raise TypeError(
+            f"on_skip must be a function on_skip(epoch, reason) or None, got "
+            f"{type(on_skip).__name__}"
+        )
+    steps = _numbered_steps(directory)
     if not steps:
         return None
     want = state_arrays(target)
     skipped: list[tuple[int, str]] = []
     for epoch in reversed(steps):
-        step_dir = directory / str(epoch)
-        meta: dict[str, Any] | None = None
         try:
-            if (step_dir / META_FILE).is_file():
-                meta = _read_meta_file(step_dir)
-                on_disk = _meta_shapes(meta)
-            elif (step_dir / _V1_METADATA).is_file():
-                on_disk = _v1_shapes(step_dir)
-            else:
-                raise ValueError(
-                    f"incomplete: no {META_FILE} (a save or a deletion was interrupted)"
-                )
-        except Exception as e:
-            reason = f"unreadable metadata ({_one_line(e)})"
+            arrays, meta = _read_step(directory, epoch, want)
+        except _Unusable as e:
+            reason = str(e)
         else:
-            _check_compatible(epoch, directory, on_disk, _shapes(want))
-            try:
-                if meta is None:
-                    arrays, meta = _v1_restore(step_dir, want)
-                else:
-                    arrays = _load_arrays(step_dir, want)
-                if meta.get("sha256") != checksum(arrays):
-                    raise ValueError("the arrays do not match the sha256 saved with them")
-                return Restored(_with_arrays(target, arrays), epoch, meta, tuple(skipped))
-            except Exception as e:
-                reason = _one_line(e)
+            return Restored(_with_arrays(target, arrays), epoch, meta, tuple(skipped))
         skipped.append((epoch, reason))
         if on_skip is not None:
             on_skip(epoch, reason)
         if quarantine is not None:
-            _move_aside(step_dir, Path(quarantine))
+            _move_aside(directory / str(epoch), quarantine)
     details = "; ".join(f"epoch {e}: {r}" for e, r in skipped)
     raise CheckpointError(f"no readable checkpoint in {directory} ({details})")
 
@@ -422,63 +531,15 @@ def _move_aside(step_dir: Path, quarantine: Path) -> None:
 
 
 def read_meta(directory: str | os.PathLike[str], epoch: int) -> dict[str, Any]:
-    """The JSON metadata of one saved epoch (no arrays are read)."""
-    step_dir = Path(directory) / str(int(epoch))
+    """The JSON metadata of one saved epoch (no arrays are read).
+
+    Raises:
+      CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved ones).
+    """
+    directory = check_path("directory", directory)
+    step_dir = directory / str(check_count("epoch", epoch))
     if (step_dir / META_FILE).is_file():
         return _read_meta_file(step_dir)
-    if (step_dir / _V1_METADATA).is_file():
-        ocp, manager = _v1_manager(step_dir.parent)
-        try:
-            restored = manager.restore(
-                int(epoch), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-            )
-            return dict(restored["meta"] or {})
-        finally:
-            manager.close()
-    raise CheckpointError(f"no checkpoint of epoch {epoch} in {directory}")
-
-
-# Format 1: a step written by orbax's CheckpointManager with a "state" item (StandardSave of
-# state_arrays) and a "meta" item (JsonSave). Read only.
-
-
-def _v1_manager(directory: Path):
-    import orbax.checkpoint as ocp
-
-    # orbax logs informational lines through absl at WARNING level (e.g. about items it was not
-    # asked to restore); those are not problems for a command-line user.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=False),
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
-        },
-    )
-    return ocp, manager
-
-
-def _v1_shapes(step_dir: Path) -> Shapes:
-    _, manager = _v1_manager(step_dir.parent)
-    try:
-        on_disk = manager.item_metadata(int(step_dir.name))["state"]
-        if on_disk is None:
-            raise ValueError("no readable array metadata")
-        return _shapes(on_disk)
-    finally:
-        manager.close()
-
-
-def _v1_restore(step_dir: Path, want: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    ocp, manager = _v1_manager(step_dir.parent)
-    try:
-        restored = manager.restore(
-            int(step_dir.name),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(want), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], dict(restored["meta"] or {})
-    finally:
-        manager.close()
+    if _checkpoints_v1.is_step(step_dir):
+        return _checkpoints_v1.read_meta(step_dir)
+    raise _no_checkpoint(directory, epoch)
