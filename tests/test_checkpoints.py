@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -161,3 +162,200 @@ def test_saving_keeps_no_python_memory_per_checkpoint(tmp_path):
         tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown < 100 * 1024, f"{grown / 100:.0f} bytes per save"
+
+
+# --------------------------------------------------------------------------------------------
+# The public API: restore a given epoch, continue training, parameters alone, wrong arguments
+
+SMALL = (6, 5, 3)
+
+
+def small_state(seed: int = 0, sizes=SMALL, dtype=jnp.float32) -> jaxmlp.TrainState:
+    return jaxmlp.create_train_state(
+        jax.random.key(seed), sizes, jaxmlp.optimizer("adam", 1e-2), dtype=dtype
+    )
+
+
+def small_data(n: int = 48) -> tuple[jax.Array, jax.Array]:
+    x = jax.random.normal(jax.random.key(10), (n, SMALL[0]))
+    y = jax.random.randint(jax.random.key(11), (n,), 0, SMALL[-1])
+    return x, y
+
+
+def train_and_save(directory: Path, epochs: int) -> list[jaxmlp.TrainState]:
+    """Trains a small model ``epochs`` epochs, saving each (all kept); returns a copy of the
+    state after each epoch (train_epoch donates the state it is given)."""
+    x, y = small_data()
+    state, copies = small_state(), []
+    for epoch in range(1, epochs + 1):
+        state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
+        checkpoints.save(directory, epoch, state, meta={"loss": float(metrics["loss"])}, keep=0)
+        copies.append(jax.tree.map(np.array, state))
+    return copies
+
+
+FORMAT_2_RUN = Path(__file__).parent / "assets" / "checkpoint-format-2"
+
+
+def test_a_checkpoint_directory_written_by_an_earlier_version_restores_bit_for_bit(tmp_path):
+    # Written by jaxmlp at commit 12f372b: a 6-5-3 model trained with adam, epochs 1 and 2.
+    run = shutil.copytree(FORMAT_2_RUN, tmp_path / "checkpoints")
+    assert checkpoints.list_steps(run) == [1, 2]
+    assert checkpoints.restore(run, small_state(seed=7)).epoch == 2
+    for epoch in (1, 2):
+        restored = checkpoints.restore(run, small_state(seed=7), epoch=epoch)
+        assert restored.meta["history"][-1]["epoch"] == epoch
+        assert int(restored.state.step) == 3 * epoch
+        leaves = jax.tree_util.tree_leaves_with_path(checkpoints.state_arrays(restored.state))
+        with np.load(run / str(epoch) / checkpoints.ARRAYS_FILE) as stored:
+            assert len(leaves) == len(stored.files) == 15  # 4 params, 9 adam, step, key
+            for path, leaf in leaves:
+                saved = stored[jax.tree_util.keystr(path, simple=True, separator="/")]
+                assert np.asarray(leaf).dtype == saved.dtype
+                assert np.asarray(leaf).tobytes() == saved.tobytes()
+
+
+def test_restore_gives_the_epoch_asked_for_or_else_the_latest(tmp_path):
+    after = train_and_save(tmp_path, 3)
+    restored = checkpoints.restore(tmp_path, small_state(seed=7), epoch=2)
+    assert restored.epoch == 2 and restored.skipped == ()
+    assert restored.meta["epoch"] == 2 and restored.meta["layer_sizes"] == list(SMALL)
+    assert int(restored.state.step) == 6  # 48 examples in batches of 16, two epochs
+    assert_same_arrays(restored.state, after[1])
+    # The epochs differ, so the comparison above could tell them apart.
+    assert not np.array_equal(after[1].params[0]["w"], after[2].params[0]["w"])
+    latest = checkpoints.restore(tmp_path, small_state(seed=7))
+    assert latest.epoch == 3
+    assert_same_arrays(latest.state, after[2])
+
+
+def test_training_continued_from_a_restored_epoch_is_the_uninterrupted_run(tmp_path):
+    after = train_and_save(tmp_path, 3)
+    target = small_state(seed=7)
+    restored = checkpoints.restore(tmp_path, target, epoch=2)
+    # The static fields are the target's: they are not in the file.
+    assert restored.state.optimizer is target.optimizer
+    assert restored.state.options is target.options
+    x, y = small_data()
+    continued, _ = jaxmlp.train_epoch(restored.state, x, y, batch_size=16)
+    assert_same_arrays(continued, after[2])
+
+
+def test_a_missing_epoch_is_an_error_that_names_the_saved_epochs(tmp_path):
+    train_and_save(tmp_path, 3)
+    target = small_state()
+    with pytest.raises(checkpoints.CheckpointError) as caught:
+        checkpoints.restore(tmp_path, target, epoch=7)
+    assert (
+        str(caught.value) == f"no checkpoint of epoch 7 in {tmp_path}; the saved epochs are 1, 2, 3"
+    )
+    with pytest.raises(checkpoints.CheckpointError, match="saved epochs are 1, 2, 3"):
+        checkpoints.read_meta(tmp_path, 7)
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"no checkpoint in .* \(no such directory\)"
+    ):
+        checkpoints.restore(tmp_path / "absent", target)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoints.CheckpointError, match=r"\(the directory holds none\)"):
+        checkpoints.restore(tmp_path / "empty", target, epoch=1)
+    assert checkpoints.restore_latest(tmp_path / "empty", target) is None
+
+
+def test_a_damaged_epoch_asked_for_is_refused_and_the_latest_still_restores(tmp_path):
+    after = train_and_save(tmp_path, 3)
+    arrays_file = tmp_path / "2" / checkpoints.ARRAYS_FILE
+    with np.load(arrays_file) as stored:
+        arrays = dict(stored)
+    arrays["params/0/w"][0, 0] += 1.0  # a well-formed file whose values are not the saved ones
+    with open(arrays_file, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(checkpoints.CheckpointError) as caught:
+        checkpoints.restore(tmp_path, small_state(), epoch=2)
+    assert str(caught.value) == (
+        f"checkpoint epoch 2 in {tmp_path} is unusable: "
+        "the arrays do not match the sha256 saved with them"
+    )
+    assert_same_arrays(checkpoints.restore(tmp_path, small_state()).state, after[2])
+
+
+def test_an_epoch_of_another_architecture_is_refused_naming_both(tmp_path):
+    checkpoints.save(tmp_path, 1, small_state())
+    with pytest.raises(checkpoints.ArchitectureMismatchError, match="6-5-3 model.*6-4-3 model"):
+        checkpoints.restore(tmp_path, small_state(sizes=(6, 4, 3)), epoch=1)
+
+
+WRONG_ARGUMENTS = {
+    "params as target": (
+        lambda d, s: checkpoints.restore(d, s.params),
+        TypeError,
+        "target must be a jaxmlp.TrainState, such as jaxmlp.create_train_state.*got list",
+    ),
+    "float epoch": (
+        lambda d, s: checkpoints.restore(d, s, epoch=1.5),
+        TypeError,
+        "epoch must be an int >= 0, got float 1.5",
+    ),
+    "bool epoch": (
+        lambda d, s: checkpoints.save(d, True, s),
+        TypeError,
+        "epoch must be an int >= 0, got bool True",
+    ),
+    "negative epoch": (
+        lambda d, s: checkpoints.save(d, -1, s),
+        ValueError,
+        "epoch=-1 is invalid; expected an int >= 0",
+    ),
+    "string epoch": (
+        lambda d, s: checkpoints.read_meta(d, "1"),
+        TypeError,
+        "epoch must be an int >= 0, got str '1'",
+    ),
+    "negative keep": (
+        lambda d, s: checkpoints.save(d, 1, s, keep=-1),
+        ValueError,
+        "keep=-1 is invalid; expected an int >= 0",
+    ),
+    "params as state": (
+        lambda d, s: checkpoints.save(d, 1, s.params),
+        TypeError,
+        "state must be a jaxmlp.TrainState.*got list",
+    ),
+    "reserved meta key": (
+        lambda d, s: checkpoints.save(d, 1, s, meta={"sha256": "0", "note": 1}),
+        ValueError,
+        r"meta has the keys \['sha256'\], which the file format sets itself",
+    ),
+    "meta not a dict": (
+        lambda d, s: checkpoints.save(d, 1, s, meta=[("note", 1)]),
+        TypeError,
+        "meta must be a dict of JSON values or None, got list",
+    ),
+    "directory not a path": (
+        lambda d, s: checkpoints.save(1, 1, s),
+        TypeError,
+        "directory must be a path .*, got int 1",
+    ),
+    "on_skip not callable": (
+        lambda d, s: checkpoints.restore_latest(d, s, on_skip="print"),
+        TypeError,
+        "on_skip must be a function on_skip.epoch, reason. or None, got str",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", WRONG_ARGUMENTS)
+def test_wrong_arguments_are_named_with_what_was_expected(tmp_path, mistake):
+    call, error, message = WRONG_ARGUMENTS[mistake]
+    checkpoints.save(tmp_path, 1, small_state())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(error, match=message):
+        call(tmp_path, small_state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_epochs_may_be_numpy_ints_or_integer_scalar_arrays(tmp_path):
+    state = small_state()
+    checkpoints.save(tmp_path, np.int64(2), state)
+    checkpoints.save(tmp_path, jnp.asarray(3), state)
+    assert checkpoints.list_steps(tmp_path) == [2, 3]
+    assert checkpoints.restore(tmp_path, small_state(), epoch=np.int32(2)).epoch == 2
