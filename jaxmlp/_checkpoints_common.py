@@ -1,6 +1,7 @@
-"""Pieces of :mod:`jaxmlp.checkpoints` that any file format of arrays can use: the error it
-raises, the sha256 of a tree of arrays, the names of its arrays, durable writes, and the checks
-of arguments at its boundary (each names the argument, what it got and what was expected).
+"""What the checkpoint directories of :mod:`jaxmlp.checkpoints` and the params files of
+:mod:`jaxmlp._params_file` share: the error they raise, the sha256 of a tree of arrays, the
+names of its arrays, durable writes, and the checks of arguments at their boundary (each names
+the argument, what it got and what was expected).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 
 class CheckpointError(OSError):
-    """A checkpoint cannot be written, or cannot be read (missing, or damaged)."""
+    """A checkpoint or params file cannot be written, or cannot be read (missing, not of this
+    format, or damaged)."""
 
 
 def check_path(argument: str, value: Any) -> Path:

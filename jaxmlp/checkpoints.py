@@ -1,4 +1,4 @@
-"""Checkpoints of a :class:`~jaxmlp.TrainState`, one per epoch.
+"""Checkpoints of a :class:`~jaxmlp.TrainState`, one per epoch, and files of parameters alone.
 
 Save every epoch from your own training loop, and later continue from the latest good one::
 
@@ -23,6 +23,11 @@ Save every epoch from your own training loop, and later continue from the latest
     for epoch in range(restored.epoch + 1, 6):
         state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
         checkpoints.save("run/checkpoints", epoch, state)
+
+    # The parameters alone, in one file, e.g. to evaluate or ship a model:
+    checkpoints.save_params("model.npz", state.params, meta={"epochs": 5})
+    params = checkpoints.load_params("model.npz")
+    logits = jaxmlp.forward(params, x)
 
 The continued run is the run that was never interrupted, bit for bit (on the same machine and
 JAX version): a checkpoint holds the whole train state's arrays (parameters, optimizer state,
@@ -68,6 +73,12 @@ per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB. Checkp
 format 1 (written through orbax by earlier versions: ``state/`` and ``meta/`` items,
 ``_CHECKPOINT_METADATA``) are still listed and restored, through orbax
 (:mod:`jaxmlp._checkpoints_v1`).
+
+Params file
+-----------
+
+:func:`save_params` writes one ``.npz`` holding the arrays and a JSON header with the layer
+sizes, dtype and sha256; :mod:`jaxmlp._params_file` describes it.
 """
 
 from __future__ import annotations
@@ -97,6 +108,7 @@ from jaxmlp._checkpoints_common import (
     named_leaves,
     one_line,
 )
+from jaxmlp._params_file import load_params, read_params_meta, save_params
 from jaxmlp.model import layer_sizes_of
 from jaxmlp.training import TrainState
 
@@ -106,10 +118,13 @@ __all__ = [
     "Restored",
     "checksum",
     "list_steps",
+    "load_params",
     "read_meta",
+    "read_params_meta",
     "restore",
     "restore_latest",
     "save",
+    "save_params",
     "state_arrays",
 ]
 
@@ -146,10 +161,15 @@ class Restored:
 
 def _check_state(argument: str, value: Any) -> TrainState:
     if not isinstance(value, TrainState):
+        hint = (
+            "; for parameters alone use save_params / load_params"
+            if isinstance(value, (list, tuple))
+            else ""
+        )
         raise TypeError(
             f"{argument} must be a jaxmlp.TrainState, such as "
             "jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, "
-            f"options=options), got {type(value).__name__}"
+            f"options=options), got {type(value).__name__}{hint}"
         )
     return value
 
