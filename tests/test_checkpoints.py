@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import shutil
+import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -284,11 +285,154 @@ def test_an_epoch_of_another_architecture_is_refused_naming_both(tmp_path):
         checkpoints.restore(tmp_path, small_state(sizes=(6, 4, 3)), epoch=1)
 
 
+def random_params(dtype) -> list[dict[str, jax.Array]]:
+    """Parameters with random biases too (init_mlp's are zero), all of ``dtype``."""
+    params = jaxmlp.init_mlp(jax.random.key(3), SMALL, dtype=dtype)
+    keys = jax.random.split(jax.random.key(4), len(params))
+    return [
+        {"w": layer["w"], "b": jax.random.normal(k, layer["b"].shape, dtype)}
+        for layer, k in zip(params, keys, strict=True)
+    ]
+
+
+def assert_bitwise_equal_params(loaded, params) -> None:
+    assert isinstance(loaded, list) and len(loaded) == len(params)
+    for got, want in zip(loaded, params, strict=True):
+        assert set(got) == {"w", "b"}
+        for name in ("w", "b"):
+            assert isinstance(got[name], jax.Array)
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+            assert np.asarray(got[name]).tobytes() == np.asarray(want[name]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_params_round_trip_bit_for_bit_in_one_file(tmp_path, dtype):
+    with jax.enable_x64(dtype == "float64"):
+        params = random_params(jnp.dtype(dtype))
+        if dtype == "float64":  # values a float32 round trip would change
+            assert not np.array_equal(params[0]["w"], params[0]["w"].astype(jnp.float32))
+        path = checkpoints.save_params(tmp_path / "model.npz", params, meta={"note": "x"})
+        assert path == tmp_path / "model.npz"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no temporary left
+        assert_bitwise_equal_params(checkpoints.load_params(path), params)
+        header = checkpoints.read_params_meta(path)
+        assert header["format"] == "jaxmlp-params" and header["version"] == 1
+        assert header["layer_sizes"] == list(SMALL) and header["dtype"] == dtype
+        assert header["sha256"] == checkpoints.checksum(params) and header["note"] == "x"
+        with np.load(path) as stored:  # plain NumPy reads it too
+            assert stored["params/1/w"].shape == (5, 3)
+
+
+def test_float64_params_are_not_loaded_rounded_while_64_bit_types_are_off(tmp_path):
+    with jax.enable_x64(True):
+        path = checkpoints.save_params(tmp_path / "model.npz", random_params(jnp.float64))
+    with pytest.raises(ValueError, match="float64 parameters but JAX has 64-bit types disabled"):
+        checkpoints.load_params(path)
+
+
+def test_saving_params_again_replaces_the_file_and_a_failed_save_keeps_the_old_one(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "model.npz"
+    checkpoints.save_params(path, random_params(jnp.float32))
+    newer = jaxmlp.init_mlp(jax.random.key(5), SMALL)
+    checkpoints.save_params(path, newer)
+    assert_bitwise_equal_params(checkpoints.load_params(path), newer)
+
+    def disk_full(file, **arrays):
+        file.write(b"PK")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file.name)
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(checkpoints.CheckpointError, match="No space left on device"):
+        checkpoints.save_params(path, random_params(jnp.float32))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+    assert_bitwise_equal_params(checkpoints.load_params(path), newer)
+
+
+def _flip_a_weight_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    weights = np.asarray(checkpoints.load_params(path)[0]["w"]).tobytes()
+    at = data.find(weights) + len(weights) // 2
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _rewrite_a_weight(path: Path) -> None:
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    arrays["params/0/w"][0, 0] += 1.0
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _one_npy_array(path: Path) -> None:
+    with open(path, "wb") as f:  # np.save(path) would write model.npz.npy beside it
+        np.save(f, np.zeros(3))
+
+
+def _checkpoint_arrays(path: Path) -> None:
+    step = checkpoints.save(path.parent / "ckpt", 1, small_state())
+    path.write_bytes((step / checkpoints.ARRAYS_FILE).read_bytes())
+
+
+DAMAGES = {
+    "a flipped weight bit": (_flip_a_weight_byte, r"is damaged: Bad CRC-32 for file 'params/0/w"),
+    "a rewritten weight": (_rewrite_a_weight, "is damaged: the arrays do not match the sha256"),
+    "cut in half": (_cut_in_half, r"not a readable \.npz archive.*damaged or cut short"),
+    "an empty file": (lambda p: p.write_bytes(b""), r"not a readable \.npz archive"),
+    "a text file": (lambda p: p.write_text("w,b\n1,2\n"), r"not a readable \.npz archive"),
+    "a .npy array": (_one_npy_array, "a .npy array, not an .npz"),
+    "a checkpoint's arrays": (_checkpoint_arrays, "no header.*looks like a checkpoint's arrays"),
+    "removed": (lambda p: p.unlink(), "^no params file at "),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_or_foreign_params_file_is_refused(tmp_path, damage):
+    path = checkpoints.save_params(tmp_path / "model.npz", random_params(jnp.float32))
+    make_damage, message = DAMAGES[damage]
+    make_damage(path)
+    with pytest.raises(checkpoints.CheckpointError, match=message):
+        checkpoints.load_params(path)
+
+
+def test_a_params_file_whose_header_does_not_match_its_arrays_is_refused(tmp_path):
+    path = checkpoints.save_params(tmp_path / "model.npz", random_params(jnp.float32))
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    header = json.loads(str(arrays["header"]))
+    header["layer_sizes"] = [6, 4, 3]
+    arrays["header"] = np.array(json.dumps(header))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(checkpoints.CheckpointError, match=r"\(6, 5, 3\) model, its header says"):
+        checkpoints.load_params(path)
+
+
+def test_the_module_example_runs_and_says_what_it_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = checkpoints.__doc__.split("::\n", 1)[1].split("\nThe continued run", 1)[0]
+    names: dict = {}
+    exec(textwrap.dedent(example), names)
+    assert names["restored"].epoch == 3 and "loss" in names["restored"].meta
+    assert checkpoints.list_steps("run/checkpoints") == [3, 4, 5]
+    assert int(names["state"].step) == 5 * 4  # 64 examples in batches of 16, five epochs
+    assert_bitwise_equal_params(names["params"], names["state"].params)
+    assert names["logits"].shape == (64, 3)
+
+
 WRONG_ARGUMENTS = {
     "params as target": (
         lambda d, s: checkpoints.restore(d, s.params),
         TypeError,
-        "target must be a jaxmlp.TrainState, such as jaxmlp.create_train_state.*got list",
+        "target must be a jaxmlp.TrainState, such as jaxmlp.create_train_state.*got list; "
+        "for parameters alone use save_params",
     ),
     "float epoch": (
         lambda d, s: checkpoints.restore(d, s, epoch=1.5),
@@ -339,6 +483,26 @@ WRONG_ARGUMENTS = {
         lambda d, s: checkpoints.restore_latest(d, s, on_skip="print"),
         TypeError,
         "on_skip must be a function on_skip.epoch, reason. or None, got str",
+    ),
+    "state as params": (
+        lambda d, s: checkpoints.save_params(d / "p.npz", s),
+        TypeError,
+        "params must be a list of .* layers, got a TrainState: pass state.params",
+    ),
+    "not a parameter list": (
+        lambda d, s: checkpoints.save_params(d / "p.npz", [{"w": s.params[0]["w"]}]),
+        TypeError,
+        r"params\[0\] must be a dict with keys 'w' and 'b'",
+    ),
+    "reserved params meta key": (
+        lambda d, s: checkpoints.save_params(d / "p.npz", s.params, meta={"version": 2}),
+        ValueError,
+        r"meta has the keys \['version'\]",
+    ),
+    "path not a path": (
+        lambda d, s: checkpoints.load_params(None),
+        TypeError,
+        "path must be a path .*, got NoneType None",
     ),
 }
 
