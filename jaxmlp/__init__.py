@@ -11,10 +11,10 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
                                 1e-3), epochs=5, batch_size=128)
 
 Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
-``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many models
-in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`, :mod:`jaxmlp.plots`
-and :mod:`jaxmlp.images` are attributes of the package, imported on first use so that
-``import jaxmlp`` stays quick.
+``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many
+models in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`,
+:mod:`jaxmlp.metrics`, :mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are attributes of the
+package, imported on first use so that ``import jaxmlp`` stays quick.
 """
 
 import importlib
@@ -32,7 +32,7 @@ from jaxmlp.losses import (
 )
 from jaxmlp.model import ACTIVATIONS, forward, init_mlp, layer_sizes_of, parameter_count
 from jaxmlp.numerical import grad_check, numerical_grad
-from jaxmlp.optimizers import OPTIMIZERS, optimizer, schedule
+from jaxmlp.optimizers import OPTIMIZERS, OptimizerSettings, optimizer, schedule
 from jaxmlp.training import (
     DivergenceError,
     ModelOptions,
@@ -41,16 +41,17 @@ from jaxmlp.training import (
     evaluate,
     fit,
     predict,
+    probabilities,
     train_epoch,
     train_step,
 )
 
 if TYPE_CHECKING:
-    from jaxmlp import checkpoints, data, images, multi, plots, sharding
+    from jaxmlp import checkpoints, data, images, metrics, multi, plots, sharding
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoints", "data", "images", "multi", "plots", "sharding")
+_SUBMODULES = ("checkpoints", "data", "images", "metrics", "multi", "plots", "sharding")
 
 
 def __getattr__(name: str):
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ACTIVATIONS",
     "OPTIMIZERS",
+    "OptimizerSettings",
     "DivergenceError",
     "ModelOptions",
     "TrainState",
@@ -86,12 +88,14 @@ __all__ = [
     "log_softmax",
     "loss",
     "loss_and_logits",
+    "metrics",
     "multi",
     "numerical_grad",
     "optimizer",
     "parameter_count",
     "plots",
     "predict",
+    "probabilities",
     "schedule",
     "sharding",
     "sigmoid_cross_entropy",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jaxmlp import checkpoints, cli, data
-from jaxmlp import config as cfglib
+from jaxmlp.cli import config as cfglib
 
 
 def small_run(hidden: int, *extra: str) -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from cli_support import assert_one_line_error, require_mnist, restore_final, run, small_run
 
 from jaxmlp import checkpoints, cli
-from jaxmlp import config as cfglib
+from jaxmlp.cli import config as cfglib
 
 ASSETS = Path(__file__).parent / "assets" / "digits"
 SAMPLES = sorted(ASSETS.glob("*.png")) + sorted(ASSETS.glob("*.jpg"))
@@ -143,26 +143,21 @@ def test_interrupted_run_resumes_exactly(needs_data, tmp_path, capsys, monkeypat
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["event"] for e in events] == ["epoch", "epoch", "epoch", "done"]
 
-    from jaxmlp import training
+    original = checkpoints.save
 
-    original = training.train_epoch
-    calls = []
-
-    def interrupting(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:  # Ctrl-C while epoch 2 runs
+    def interrupting(directory, epoch, state, **kwargs):
+        if epoch == 2:  # Ctrl-C as epoch 2 ends, before its checkpoint is written
             os.kill(os.getpid(), signal.SIGINT)
-        return result
+        return original(directory, epoch, state, **kwargs)
 
-    monkeypatch.setattr(training, "train_epoch", interrupting)
+    monkeypatch.setattr(checkpoints, "save", interrupting)
     code, out, err = run(capsys, *common, "--name", "split")
     assert code == 130, err
     assert "interrupted" in err and "--resume" in err
     split = tmp_path / "split"
     assert checkpoints.list_steps(split / "checkpoints") == [1, 2]
     assert [r["epoch"] for r in json.loads((split / "history.json").read_text())] == [1, 2]
-    monkeypatch.setattr(training, "train_epoch", original)
+    monkeypatch.setattr(checkpoints, "save", original)
 
     code, out, err = run(
         capsys, "train", "--runs-dir", tmp_path, "--name", "split", "--resume", "--no-plots"
@@ -335,12 +330,12 @@ def test_data_status(needs_data, capsys):
         (["train", "--adversarial-weight", "0"], ["adversarial_weight=0.0", "(0, 1]"]),
         (
             ["train", "--adversarial-epsilon", "0.1", "--gradient", "backprop"],
-            ["adversarial_epsilon=0.1 needs gradient=autodiff"],
+            ["adversarial_epsilon=0.1 needs gradient='autodiff'"],
         ),
         (["train", "--vat-weight", "0"], ["vat_weight=0.0", "> 0"]),
         (
             ["train", "--vat-epsilon", "2", "--output", "sigmoid"],
-            ["vat_epsilon=2.0 needs output=softmax"],
+            ["vat_epsilon=2.0 needs output='softmax'"],
         ),
         (["train", "--optimizer", "adamm"], ["--optimizer", "adamm"]),
         (["train", "--learning-rate", "fast"], ["--learning-rate"]),

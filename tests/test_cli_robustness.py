@@ -29,7 +29,7 @@ from cli_support import (
 )
 
 from jaxmlp import checkpoints, cli
-from jaxmlp import config as cfglib
+from jaxmlp.cli import config as cfglib
 
 TINY = small_run(16, "--no-plots")
 ASSETS = Path(__file__).parent / "assets" / "digits"

@@ -21,7 +21,7 @@ import pytest
 from cli_support import history_epochs, require_mnist, restore_final, small_run
 
 from jaxmlp import checkpoints, cli
-from jaxmlp import config as cfglib
+from jaxmlp.cli import config as cfglib
 
 TINY = small_run(16, "--no-plots", "--quiet")
 CHILD_TIMEOUT = 240  # seconds; a hung child fails the test instead of blocking CI

@@ -50,7 +50,10 @@ caches); ``_fetch`` (mirrors and packages); ``_tfds``; ``_load``; ``_command``. 
 package imports neither JAX nor tensorflow-datasets.
 """
 
+from jaxmlp.data._command import DESCRIPTION as COMMAND_DESCRIPTION
+from jaxmlp.data._command import add_arguments as add_command_arguments
 from jaxmlp.data._command import main
+from jaxmlp.data._command import run as run_command
 from jaxmlp.data._errors import (
     CacheError,
     CacheWarning,
@@ -76,6 +79,7 @@ from jaxmlp.data._store import FileStatus, cache_dir, data_roots, status
 from jaxmlp.data._tfds import prepare_tfds
 
 __all__ = [
+    "COMMAND_DESCRIPTION",
     "DATASETS",
     "IMAGE_SIDE",
     "NORMALIZATIONS",
@@ -94,6 +98,7 @@ __all__ = [
     "FormatError",
     "Normalization",
     "Split",
+    "add_command_arguments",
     "cache_dir",
     "data_roots",
     "fetch",
@@ -104,5 +109,6 @@ __all__ = [
     "prepare_tfds",
     "read_idx",
     "read_idx_pair",
+    "run_command",
     "status",
 ]

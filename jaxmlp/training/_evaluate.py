@@ -147,3 +147,28 @@ def predict(
     predictions = prediction_program(params, jnp.asarray(images), options.activation)
     return predictions if _validation.is_traced(predictions) else np.asarray(predictions)
 
+
+def _probabilities(params, x, activation: str, output: str):
+    logits = forward(params, x, activation=activation)
+    return jax.nn.sigmoid(logits) if output == "sigmoid" else jax.nn.softmax(logits, axis=-1)
+
+
+probability_program = jax.jit(_probabilities, static_argnames=("activation", "output"))
+
+
+def probabilities(
+    model: TrainState | Params,
+    images: Float[Array, "n features"],
+    *,
+    options: ModelOptions | None = None,
+) -> np.ndarray | Array:
+    """Class probabilities, shape (n, classes), in evaluation mode: the softmax of the logits,
+    or for ``output="sigmoid"`` each output unit's own sigmoid (scores that need not sum to 1).
+
+    ``model`` is a :class:`TrainState` (its own options) or a parameter list with ``options``.
+    Returns a NumPy array; inside the caller's ``jit`` / ``vmap``, a JAX array.
+    """
+    params, options = model_and_options(model, options)
+    _validation.check_inputs(params, images, "images")
+    values = probability_program(params, jnp.asarray(images), options.activation, options.output)
+    return values if _validation.is_traced(values) else np.asarray(values)

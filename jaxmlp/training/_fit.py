@@ -252,5 +252,3 @@ def fit(
         if on_epoch_end is not None and on_epoch_end(state, record) is True:
             break
     return state, history
-
-

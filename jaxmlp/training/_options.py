@@ -61,9 +61,7 @@ class ModelOptions:
         hand-derived backward pass); they agree to rounding.
     """
 
-    activation: str = option(
-        "relu", "hidden activation", group="model", choices=tuple(ACTIVATIONS)
-    )
+    activation: str = option("relu", "hidden activation", group="model", choices=tuple(ACTIVATIONS))
     output: str = option(
         "softmax",
         "output layer and loss: softmax + cross-entropy, or sigmoid + logistic cost",

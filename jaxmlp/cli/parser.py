@@ -1,0 +1,277 @@
+"""The ``jaxmlp`` argument parser, generated from the run configuration's fields.
+
+Every key of :class:`~jaxmlp.cli.config.RunConfig` (its own, :class:`jaxmlp.ModelOptions`'s and
+:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text,
+choices and former spellings declared on the field, so a flag and a config key never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from jaxmlp.cli import config as cfglib
+from jaxmlp.cli.output import EXIT_USAGE, PROG
+
+DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
+
+_GROUP_TITLES = {
+    "data": "data",
+    "model": "model",
+    "reg": "regularisation",
+    "opt": "optimisation",
+    "run": "checkpoints",
+}
+SUMMARY_FIELDS = (
+    "dataset",
+    "hidden",
+    "activation",
+    "output",
+    "dropout_rate",
+    "input_dropout_rate",
+    "dtype",
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (unless the help already states it)."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _optional(base: type):
+    """argparse type for ``X | None`` fields: ``none`` means unset."""
+
+    def parse(text: str):
+        if text.lower() in ("none", "null", ""):
+            return None
+        return base(text)
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def add_config_option(group, name: str, *, suppress: bool) -> None:
+    """The option of config key ``name``, with its former spellings as aliases."""
+    field = cfglib.FIELDS[name]
+    base, optional = cfglib.field_kind(name)
+    meta = field.metadata
+    default = cfglib.default_value(name)
+    kwargs: dict[str, Any] = {
+        "help": meta["help"],
+        "default": argparse.SUPPRESS if suppress else default,
+        "dest": name,
+    }
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    if base is tuple:
+        kwargs.update(nargs="*", type=int)
+        if not suppress:
+            kwargs["default"] = list(default)
+    else:
+        kwargs["type"] = _optional(base) if optional else base
+    if meta["choices"]:
+        kwargs["choices"] = meta["choices"]
+        kwargs.pop("metavar", None)
+    group.add_argument(flag(name), *map(flag, meta["aliases"]), **kwargs)
+
+
+def _common() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return common
+
+
+def _add_output_options(parser, *, quiet: bool = True) -> None:
+    if quiet:
+        parser.add_argument(
+            "--quiet", "-q", action="store_true", help="print only the final result"
+        )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print machine-readable JSON on stdout instead of tables",
+    )
+
+
+def _add_run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run", metavar="RUN", help="run name (looked up in --runs-dir) or run directory"
+    )
+    parser.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+    )
+
+
+def build_parser(*, suppress_config_defaults: bool = False) -> argparse.ArgumentParser:
+    """The ``jaxmlp`` argument parser.
+
+    With ``suppress_config_defaults`` the options of the run configuration get no default, so
+    that parsing yields only the options given on the command line.
+    """
+    from jaxmlp import data
+
+    suppress = suppress_config_defaults
+    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
+    common = [_common()]
+
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, description=description, parents=common, formatter_class=HelpFormatter
+        )
+
+    train = add(
+        "train",
+        "train a model; writes runs/<name>/",
+        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
+        "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
+        "there. Options override the --config file, which overrides the defaults. The run "
+        "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
+        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
+        "a time trains it.",
+    )
+    run = train.add_argument_group("run")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON file with option values (keys as below, e.g. "
+        "learning_rate = 0.001; a run's config.json works too)",
+    )
+    run.add_argument(
+        "--name",
+        default=None,
+        help="run name; the run directory is RUNS_DIR/NAME (default: the dataset's name)",
+    )
+    run.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of run directories")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from its last good checkpoint, with its saved config "
+        "(only --epochs may be raised)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run directory of this name first",
+    )
+    run.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never fetch a missing dataset (by default it is fetched and verified, as "
+        "`jaxmlp data fetch` does)",
+    )
+    run.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
+    run.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="train data-parallel over all local devices (jax.sharding): each "
+        "batch is split across them; the batch size must be a multiple of "
+        "the device count",
+    )
+    _add_output_options(run)
+    groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
+    for name, field in cfglib.FIELDS.items():
+        add_config_option(groups[field.metadata["group"]], name, suppress=suppress)
+
+    evaluate = add(
+        "evaluate",
+        "score a trained run on the test set",
+        "Test loss and accuracy, per-class precision, recall and F1, and the "
+        "confusion matrix of a run's latest checkpoint; also writes "
+        "evaluation.json, confusion.png and misclassified.png into the run.",
+    )
+    _add_run_argument(evaluate)
+    evaluate.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score the first N test examples (default: the run's setting)",
+    )
+    evaluate.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
+    _add_output_options(evaluate)
+
+    predict = add(
+        "predict",
+        "classify digit images with a trained run",
+        "Classify images of digits (PNG, JPEG, ...; any size up to about 89 megapixels; dark "
+        "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
+        "MNIST's, normalized as in training, and classified.",
+    )
+    _add_run_argument(predict)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert to light-on-dark: auto decides from the image border",
+    )
+    predict.add_argument(
+        "--top", type=int, default=3, metavar="K", help="number of most probable classes shown"
+    )
+    predict.add_argument(
+        "--save-input",
+        metavar="DIR",
+        default=None,
+        help="also write each preprocessed 28x28 input as a PNG into DIR",
+    )
+    _add_output_options(predict)
+
+    summary = add(
+        "summary",
+        "layers, output shapes and parameter counts",
+        "A table of the model's layers with output shapes and parameter counts, for a "
+        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
+        "784-256-10).",
+    )
+    summary.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        metavar="RUN",
+        help="run name or directory (default: describe the options below)",
+    )
+    summary.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+    )
+    summary.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON config file to read the model from",
+    )
+    model = summary.add_argument_group("model")
+    for name in SUMMARY_FIELDS:
+        add_config_option(model, name, suppress=suppress)
+    _add_output_options(summary, quiet=False)
+
+    data_command = add("data", "show, fetch or prepare the datasets", data.COMMAND_DESCRIPTION)
+    data.add_command_arguments(data_command)
+    return parser
+
+
+def explicit_config_values(argv) -> dict[str, Any]:
+    """The run-configuration keys given on the command line ``argv`` (no defaults)."""
+    explicit = build_parser(suppress_config_defaults=True).parse_args(argv)
+    return {k: v for k, v in vars(explicit).items() if k in cfglib.FIELDS}

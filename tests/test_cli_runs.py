@@ -1,0 +1,262 @@
+"""``jaxmlp train`` as the one command of the main job: a run directory held by one process at a
+time, a missing dataset fetched by itself, older config spellings still understood, and user
+images too large to decode refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_support import assert_one_line_error, require_mnist, run, small_run
+
+from jaxmlp import checkpoints, data
+from jaxmlp.cli import config as cfglib
+
+TINY = small_run(16, "--no-plots")
+CHILD_TIMEOUT = 240
+
+
+@pytest.fixture
+def needs_data():
+    require_mnist()
+
+
+def _jaxmlp(*argv) -> list[str]:
+    return [sys.executable, "-m", "jaxmlp", *map(str, argv)]
+
+
+def _wait_for(predicate, what: str, timeout: float = CHILD_TIMEOUT) -> None:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# One process per run
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_training_run_fails_at_once_and_a_killed_one_never_blocks(
+    needs_data, tmp_path
+):
+    common = ["train", "--runs-dir", tmp_path, "--name", "shared", *TINY, "--quiet"]
+    first = subprocess.Popen(_jaxmlp(*common, "--epochs", "500"), stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: checkpoints.list_steps(tmp_path / "shared" / "checkpoints"), "epoch 1")
+        started = time.monotonic()
+        second = subprocess.run(
+            _jaxmlp(*common, "--epochs", "500", "--learning-rate", "0.5"),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+        )
+        seconds = time.monotonic() - started
+        line = assert_one_line_error(second.returncode, second.stderr, str(tmp_path / "shared"))
+        assert "another jaxmlp process" in line
+        assert seconds < 30  # at once: no waiting for the lock, nothing trained
+        # The second process touched nothing: the first still owns the run with its config.
+        assert cfglib.load(tmp_path / "shared" / "config.json").learning_rate == 1e-3
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=CHILD_TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # The kernel released the killed process's lock: the run resumes at once.
+    resumed = subprocess.run(
+        _jaxmlp(*common, "--epochs", "500", "--resume", "--epochs", "2"),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_lock_file_left_behind_blocks_nothing_and_reading_a_run_needs_no_lock(
+    needs_data, tmp_path, capsys
+):
+    code, _, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "done", *TINY, "--epochs", "1", "--quiet"
+    )
+    assert code == 0, err
+    # A lock file left behind (as by a killed trainer) blocks nothing.
+    assert (tmp_path / ".done.lock").exists()
+    for argv in (
+        ["evaluate", "done", "--runs-dir", tmp_path, "--no-plots", "--json"],
+        ["summary", "done", "--runs-dir", tmp_path],
+        [
+            "predict",
+            "done",
+            "--runs-dir",
+            tmp_path,
+            Path(__file__).parent / "assets" / "digits" / "seven_dark_on_light.png",
+        ],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "done",
+        *TINY,
+        "--epochs",
+        "2",
+        "--resume",
+        "--quiet",
+    )
+    assert code == 0, err
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset is fetched by the command itself
+
+
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path):
+    """No data root holds MNIST; returns the folder where verified copies were found before."""
+    require_mnist()
+    found = {s.path.parent for s in data.status("mnist")}
+    assert len(found) == 1
+    monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
+    return found.pop()
+
+
+def test_train_on_an_empty_cache_fetches_the_dataset_and_says_so(
+    empty_cache, monkeypatch, tmp_path, capsys
+):
+    fetched = []
+
+    def fetch(name, *, log=None, **kwargs):  # the verified fetch, served from a local copy
+        target = data.cache_dir() / name
+        shutil.copytree(empty_cache, target)
+        fetched.append(name)
+        log(f"{name}: stored 4 verified file(s)")
+        return {name: target}
+
+    monkeypatch.setattr(data, "fetch", fetch)
+    monkeypatch.setattr(data, "load", _offline(data.load))
+    code, out, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--epochs", "1")
+    assert code == 0, err
+    assert fetched == ["mnist"]
+    assert "mnist is not in" in err and "fetching it" in err and "stored 4 verified" in err
+    assert "test accuracy" in out
+    # The second run finds it in the cache and fetches nothing.
+    code, _, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "again", *TINY, "--epochs", "1"
+    )
+    assert code == 0, err
+    assert fetched == ["mnist"] and "fetching" not in err
+
+
+def test_no_download_refuses_to_fetch_with_one_line_saying_how(
+    empty_cache, monkeypatch, tmp_path, capsys
+):
+    def fetch(*args, **kwargs):
+        raise AssertionError("--no-download must not fetch")
+
+    monkeypatch.setattr(data, "fetch", fetch)
+    monkeypatch.setattr(data, "load", _offline(data.load))
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--no-download")
+    assert_one_line_error(code, err, "mnist", "jaxmlp data fetch")
+
+
+def _offline(load):
+    """data.load that never tries the web (this test must not depend on the network)."""
+
+    def offline(*args, **kwargs):
+        kwargs["download"] = False
+        return load(*args, **kwargs)
+
+    return offline
+
+
+# --------------------------------------------------------------------------------------------
+# One schema, older spellings accepted
+
+
+def test_former_option_names_are_aliases_of_the_library_s_names():
+    by_flag = cfglib.from_mapping(
+        {"dropout": 0.1, "input_dropout": 0.05, "beta1": 0.8, "beta2": 0.99}, source=""
+    )
+    assert by_flag.model.dropout_rate == 0.1 and by_flag.model.input_dropout_rate == 0.05
+    assert by_flag.optimization.b1 == 0.8 and by_flag.optimization.b2 == 0.99
+    adagrad = cfglib.from_mapping({"optimizer": "adagrad", "initial_accumulator": 0.2}, source="")
+    assert adagrad.optimization.initial_accumulator_value == 0.2
+    assert "dropout" not in by_flag.to_dict() and by_flag.to_dict()["dropout_rate"] == 0.1
+    # Every rule lives in the option classes: the run config reports their messages.
+    with pytest.raises(cfglib.ConfigError, match=r"dropout_rate=1.5 is outside \[0, 1\)"):
+        cfglib.from_mapping({"dropout": 1.5}, source="")
+    with pytest.raises(cfglib.ConfigError, match="optimizer 'adam' does not take momentum"):
+        cfglib.from_mapping({"momentum": 0.9}, source="")
+
+
+def test_a_run_directory_written_with_the_former_names_still_resumes(needs_data, tmp_path, capsys):
+    code, _, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "old",
+        *TINY,
+        "--epochs",
+        "1",
+        "--dropout",
+        "0.1",
+        "--quiet",
+    )
+    assert code == 0, err
+    path = tmp_path / "old" / "config.json"
+    saved = json.loads(path.read_text())
+    former = {
+        "dropout_rate": "dropout",
+        "input_dropout_rate": "input_dropout",
+        "b1": "beta1",
+        "b2": "beta2",
+        "initial_accumulator_value": "initial_accumulator",
+    }
+    path.write_text(json.dumps({former.get(k, k): v for k, v in saved.items()}))
+    code, out, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "old",
+        "--resume",
+        "--epochs",
+        "2",
+        "--no-plots",
+    )
+    assert code == 0, err
+    assert "resuming" in out
+    assert json.loads(path.read_text()) == {**saved, "epochs": 2}  # rewritten in today's names
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+
+
+def test_predict_refuses_an_image_too_large_to_decode(needs_data, tmp_path, capsys):
+    code, _, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "p", *TINY, "--epochs", "1", "--quiet"
+    )
+    assert code == 0, err
+    from test_images import _png_header
+
+    huge = _png_header(tmp_path / "huge.png", 30000, 30000)
+    code, _, err = run(capsys, "predict", "p", "--runs-dir", tmp_path, huge)
+    assert_one_line_error(code, err, "huge.png", "too large to decode safely")
+    assert "internal error" not in err and os.path.exists(huge)
