@@ -87,6 +87,7 @@ def _fit(x=X, y=Y, **kwargs):
             "non-empty",
         ),
         (lambda: _fit(x=np.full((5, 4), np.nan, np.float32)), ValueError, "20 NaN or infinite"),
+        (lambda: _fit(x=jnp.full((5, 4), jnp.inf)), ValueError, "x_train contains NaN or inf"),
         (lambda: _fit(x=np.zeros((5, 27 * 27), np.float32)), ValueError, r"\(batch, 4\)"),
         (lambda: _fit(y=np.array(["1", "0", "1", "0", "1"])), TypeError, "integer class ids"),
         (lambda: _fit(activation="softplus-typo"), ValueError, "activation"),

@@ -1,0 +1,180 @@
+"""Compare two source trees of jaxmlp on this machine, in one run: epoch time and numbers.
+
+A change that reorganises code must change no number and cost no time. This script runs the
+same work from two checkouts, interleaved (A B A B ...) so that drift of the machine's speed hits
+both alike:
+
+- ``epoch``: one 784-256-256-10 Adam model (or ``--hidden``) trained with ``jaxmlp.train_epoch``
+  on MNIST (55,000 images, batch 128): a warm-up epoch (the compile), then ``--epochs`` timed
+  epochs per round; per tree the median epoch time, the ratio B / A, and whether the final
+  parameters are bit-identical;
+- ``train``: the default ``jaxmlp train`` (``--no-plots --json``) from each tree, and its
+  history compared field by field (everything but wall times).
+
+Usage::
+
+    git worktree add /tmp/before <commit>
+    python scripts/compare_trees.py epoch /tmp/before . --rounds 5
+    python scripts/compare_trees.py train /tmp/before .
+
+Only APIs that both trees have are used (``jaxmlp.create_train_state``, ``jaxmlp.train_epoch``,
+``jaxmlp.data.load``, the ``jaxmlp train`` command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+EPOCH_CHILD = r"""
+import hashlib, json, sys, time
+import jax, numpy as np
+import jaxmlp
+from jaxmlp import data
+hidden, epochs, batch = json.loads(sys.argv[1])
+ds = data.load("mnist", validation=5000)
+sizes = (784, *hidden, 10)
+state = jaxmlp.create_train_state(jax.random.key(0), sizes, jaxmlp.optimizer("adam", 1e-3))
+x, y = jax.numpy.asarray(ds.train.images), jax.numpy.asarray(ds.train.labels)
+state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=batch)
+jax.block_until_ready(metrics)
+seconds = []
+for _ in range(epochs):
+    start = time.perf_counter()
+    state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=batch)
+    jax.block_until_ready((state, metrics))
+    seconds.append(time.perf_counter() - start)
+digest = hashlib.sha256()
+for leaf in jax.tree.leaves(state.params):
+    digest.update(np.asarray(leaf).tobytes())
+print(json.dumps({"seconds": seconds, "params_sha256": digest.hexdigest(),
+                  "loss": float(metrics["loss"])}))
+"""
+
+TIMING_FIELDS = {"seconds", "compile_seconds"}
+
+
+def _environment(tree: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree.resolve())
+    return env
+
+
+def _run_epochs(tree: Path, hidden, epochs: int, batch: int) -> dict:
+    process = subprocess.run(
+        [sys.executable, "-c", EPOCH_CHILD, json.dumps([hidden, epochs, batch])],
+        capture_output=True,
+        text=True,
+        env=_environment(tree),
+        cwd=tempfile.gettempdir(),  # so that the tree on PYTHONPATH, not the cwd, is imported
+        check=False,
+    )
+    if process.returncode:
+        raise SystemExit(f"{tree}: the epoch child failed:\n{process.stderr[-3000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def compare_epochs(a: Path, b: Path, rounds: int, epochs: int, hidden, batch: int) -> None:
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    digests: dict[str, set[str]] = {"A": set(), "B": set()}
+    ratios = []
+    for index in range(rounds):
+        round_medians = {}
+        for name, tree in (("A", a), ("B", b)):
+            result = _run_epochs(tree, hidden, epochs, batch)
+            times[name] += result["seconds"]
+            digests[name].add(result["params_sha256"])
+            round_medians[name] = statistics.median(result["seconds"])
+        ratios.append(round_medians["B"] / round_medians["A"])
+        print(
+            f"round {index + 1}: A {round_medians['A']:.4f} s, B {round_medians['B']:.4f} s, "
+            f"B/A {ratios[-1]:.4f}",
+            flush=True,
+        )
+    for name, tree in (("A", a), ("B", b)):
+        print(
+            f"{name} = {tree}: median epoch {statistics.median(times[name]):.4f} s "
+            f"(min {min(times[name]):.4f}, max {max(times[name]):.4f}, {len(times[name])} epochs)"
+        )
+    print(
+        f"B/A per round: median {statistics.median(ratios):.4f} "
+        f"(min {min(ratios):.4f}, max {max(ratios):.4f})"
+    )
+    same = digests["A"] == digests["B"] and len(digests["A"]) == 1
+    print(f"final parameters bit-identical between A and B: {same}")
+
+
+def _train(tree: Path, runs_dir: Path, name: str, extra: list[str]) -> list[dict]:
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxmlp",
+            "train",
+            "--runs-dir",
+            str(runs_dir),
+            "--name",
+            name,
+            "--no-plots",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=_environment(tree),
+        cwd=tempfile.gettempdir(),
+        check=False,
+    )
+    if process.returncode:
+        raise SystemExit(f"{tree}: jaxmlp train failed:\n{process.stderr[-3000:]}")
+    return json.loads((runs_dir / name / "history.json").read_text())
+
+
+def compare_training(a: Path, b: Path, extra: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = Path(scratch)
+        histories = {"A": _train(a, runs, "a", extra), "B": _train(b, runs, "b", extra)}
+    fields = sorted(
+        ({k for r in histories["A"] for k in r} | {k for r in histories["B"] for k in r})
+        - TIMING_FIELDS
+    )
+    print(f"{'epoch':>5}  " + "  ".join(f"{f[:18]:>18} A / B" for f in fields if f != "epoch"))
+    identical = len(histories["A"]) == len(histories["B"])
+    for ra, rb in zip(histories["A"], histories["B"], strict=False):
+        cells = []
+        for field in fields:
+            if field == "epoch":
+                continue
+            va, vb = ra.get(field), rb.get(field)
+            identical &= va == vb
+            cells.append(f"{va!s:>12} / {vb!s:<12}")
+        print(f"{ra['epoch']:>5}  " + "  ".join(cells))
+    seconds = {k: sum(r["seconds"] for r in h) for k, h in histories.items()}
+    print(f"training seconds: A {seconds['A']:.1f}, B {seconds['B']:.1f}")
+    print(f"histories identical in every field but the wall times: {identical}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=("epoch", "train"))
+    parser.add_argument("a", type=Path, help="tree A (e.g. the code before a change)")
+    parser.add_argument("b", type=Path, help="tree B (e.g. the code after it)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per round")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--batch-size", type=int, default=128)
+    args, extra = parser.parse_known_args()
+    if args.what == "epoch":
+        compare_epochs(args.a, args.b, args.rounds, args.epochs, args.hidden, args.batch_size)
+    else:
+        compare_training(args.a, args.b, extra)
+
+
+if __name__ == "__main__":
+    main()
