@@ -1,85 +1,5 @@
-"""Checkpoints of a :class:`~jaxmlp.TrainState`, one per epoch, and files of parameters alone.
-
-Save every epoch from your own training loop, and later continue from the latest good one::
-
-    import jax
-    import jaxmlp
-    from jaxmlp import checkpoints
-
-    layer_sizes, optimizer = (6, 5, 3), jaxmlp.optimizer("adam", 1e-2)
-    x = jax.random.normal(jax.random.key(1), (64, 6))
-    y = jax.random.randint(jax.random.key(2), (64,), 0, 3)
-
-    state = jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer)
-    for epoch in range(1, 4):
-        state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
-        checkpoints.save("run/checkpoints", epoch, state, meta={"loss": float(metrics["loss"])})
-
-    # Later (a new process): a fresh state of the same configuration is the target that the
-    # saved arrays are restored into.
-    target = jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer)
-    restored = checkpoints.restore("run/checkpoints", target)  # the latest good epoch: 3
-    state = restored.state
-    for epoch in range(restored.epoch + 1, 6):
-        state, metrics = jaxmlp.train_epoch(state, x, y, batch_size=16)
-        checkpoints.save("run/checkpoints", epoch, state)
-
-    # The parameters alone, in one file, e.g. to evaluate or ship a model:
-    checkpoints.save_params("model.npz", state.params, meta={"epochs": 5})
-    params = checkpoints.load_params("model.npz")
-    logits = jaxmlp.forward(params, x)
-
-The continued run is the run that was never interrupted, bit for bit (on the same machine and
-JAX version): a checkpoint holds the whole train state's arrays (parameters, optimizer state,
-step and the PRNG key that shuffles and drops out). It does not hold the state's static fields,
-the optimizer (an ``optax`` transformation: code) and the :class:`~jaxmlp.ModelOptions`, nor
-the optimizer state's tree structure (which the optimizer decides). These come from the
-*target*, a freshly created state of the saved configuration, which also fixes the shapes and
-dtypes the arrays must have; its own values are discarded. Build it with the same layer sizes,
-dtype, optimizer and ``options`` as the saved run: a target with another learning rate continues
-with that learning rate, and one of another architecture, dtype or optimizer state is refused
-with an :class:`ArchitectureMismatchError` naming both.
-
-Checkpoint directory (format 2)
--------------------------------
-
-A checkpoint directory holds one sub-directory per saved epoch::
-
-    <dir>/<epoch>/
-        arrays.npz   the arrays of the train state, an uncompressed NumPy .npz (one .npy each)
-        meta.json    the epoch, the layer sizes, the dtype, the name, dtype and shape of every
-                     array, a sha256 of every array's bytes, and whatever the caller adds (the
-                     CLI stores the per-epoch history and the config there, so that the history
-                     and the state always come from the same moment)
-
-The arrays are named by their path in the train state: ``params/<layer>/w`` and
-``params/<layer>/b``, ``opt_state/0000``, ``opt_state/0001``... (the optimizer state's leaves in
-``jax.tree.leaves`` order), ``step`` (int32 scalar) and ``key`` (raw ``uint32`` key data).
-
-A step is written whole into a hidden sibling directory ``<dir>/.tmp-<epoch>-<pid>``, both
-files and the directory fsynced, and only then renamed to ``<dir>/<epoch>``: a numbered
-directory is complete by construction, and a save killed part-way leaves a ``.tmp-`` directory
-that is never listed and that the next save removes. Old steps beyond ``keep`` are first renamed
-to a hidden ``.deleting-`` name and then deleted, so a kill mid-deletion never leaves a half
-step listed either. A checkpoint that cannot be read or whose bytes do not match its sha256 is
-skipped in favour of the previous one (:func:`restore_latest` reports which were skipped).
-
-The arrays are not written through orbax-checkpoint: every orbax save path measured (a
-``CheckpointManager`` with or without item handlers, reused or not, a ``StandardCheckpointer``,
-``PyTreeCheckpointer`` or synchronous ``Checkpointer``, with or without OCDBT) kept 20-42 kB per
-save alive in the process (``scripts/checkpoint_memory.py``; tensorstore's Python bindings leak
-the metrics and spec objects that orbax queries on every save), which a run with a checkpoint
-per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB. Checkpoints of
-format 1 (written through orbax by earlier versions: ``state/`` and ``meta/`` items,
-``_CHECKPOINT_METADATA``) are still listed and restored, through orbax
-(:mod:`jaxmlp._checkpoints_v1`).
-
-Params file
------------
-
-:func:`save_params` writes one ``.npz`` holding the arrays and a JSON header with the layer
-sizes, dtype and sha256; :mod:`jaxmlp._params_file` describes it.
-"""
+"""Checkpoints of a train state, one directory per epoch (format 2: ``arrays.npz`` and
+``meta.json``); see the package docstring for the format."""
 
 from __future__ import annotations
 
@@ -96,8 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmlp import _checkpoints_v1
-from jaxmlp._checkpoints_common import (
+from jaxmlp.checkpoints import _orbax_v1
+from jaxmlp.checkpoints._common import (
     CheckpointError,
     as_dtype,
     check_count,
@@ -108,25 +28,8 @@ from jaxmlp._checkpoints_common import (
     named_leaves,
     one_line,
 )
-from jaxmlp._params_file import load_params, read_params_meta, save_params
 from jaxmlp.model import layer_sizes_of
 from jaxmlp.training import TrainState
-
-__all__ = [
-    "ArchitectureMismatchError",
-    "CheckpointError",
-    "Restored",
-    "checksum",
-    "list_steps",
-    "load_params",
-    "read_meta",
-    "read_params_meta",
-    "restore",
-    "restore_latest",
-    "save",
-    "save_params",
-    "state_arrays",
-]
 
 FORMAT_VERSION = 2
 
@@ -219,7 +122,7 @@ def _complete_step(path: Path) -> bool:
     return (
         path.is_dir()
         and path.name.isdigit()
-        and ((path / META_FILE).is_file() or _checkpoints_v1.is_step(path))
+        and ((path / META_FILE).is_file() or _orbax_v1.is_step(path))
     )
 
 
@@ -308,7 +211,7 @@ def _remove_leftovers(directory: Path) -> None:
         unfinished = leftover.name.isdigit() and not _complete_step(leftover)
         if (
             leftover.name.startswith((_TMP, _DELETING))
-            or _checkpoints_v1.TMP_NAME.match(leftover.name)
+            or _orbax_v1.TMP_NAME.match(leftover.name)
             or unfinished
         ):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -414,8 +317,8 @@ def _read_step(directory: Path, epoch: int, want: dict[str, Any]) -> tuple[dict,
         if (step_dir / META_FILE).is_file():
             meta = _read_meta_file(step_dir)
             on_disk = _meta_shapes(meta)
-        elif _checkpoints_v1.is_step(step_dir):
-            on_disk = _shapes(_checkpoints_v1.array_metadata(step_dir))
+        elif _orbax_v1.is_step(step_dir):
+            on_disk = _shapes(_orbax_v1.array_metadata(step_dir))
         else:
             raise ValueError(f"incomplete: no {META_FILE} (a save or a deletion was interrupted)")
     except Exception as e:
@@ -423,7 +326,7 @@ def _read_step(directory: Path, epoch: int, want: dict[str, Any]) -> tuple[dict,
     _check_compatible(epoch, directory, on_disk, _shapes(want))
     try:
         if meta is None:
-            arrays, meta = _checkpoints_v1.restore(step_dir, want)
+            arrays, meta = _orbax_v1.restore(step_dir, want)
         else:
             arrays = _load_arrays(step_dir, want)
         if meta.get("sha256") != checksum(arrays):
@@ -560,6 +463,6 @@ def read_meta(directory: str | os.PathLike[str], epoch: int) -> dict[str, Any]:
     step_dir = directory / str(check_count("epoch", epoch))
     if (step_dir / META_FILE).is_file():
         return _read_meta_file(step_dir)
-    if _checkpoints_v1.is_step(step_dir):
-        return _checkpoints_v1.read_meta(step_dir)
+    if _orbax_v1.is_step(step_dir):
+        return _orbax_v1.read_meta(step_dir)
     raise _no_checkpoint(directory, epoch)

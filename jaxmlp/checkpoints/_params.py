@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmlp import _validation
-from jaxmlp._checkpoints_common import (
+from jaxmlp.checkpoints._common import (
     CheckpointError,
     as_dtype,
     check_meta,
