@@ -59,7 +59,9 @@ def _restore_each(run_dir: Path, scratch: Path) -> tuple[list[int], list[int]]:
 
 
 def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
-    epochs = 40
+    # Long enough that five kills land before the run ends: a kill lands up to 0.3 s after a
+    # checkpoint, which is up to 30 epochs of this tiny model on a fast machine.
+    epochs = 300
     common = ["--runs-dir", tmp_path, *TINY, "--epochs", epochs, "--keep-checkpoints", "2"]
     straight = subprocess.run(
         _jaxmlp("train", *common, "--name", "straight"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from jaxmlp._commandline import PROG, HelpFormatter, Parser
 from jaxmlp.cli import config as cfglib
-from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
 
@@ -31,25 +31,6 @@ SUMMARY_FIELDS = (
     "input_dropout_rate",
     "dtype",
 )
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default (unless the help already states it)."""
-
-    def __init__(self, prog: str):
-        super().__init__(prog, max_help_position=34, width=100)
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def flag(name: str) -> str:

@@ -34,13 +34,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxmlp._commandline import PROG, HelpFormatter, Parser
 from jaxmlp.data._errors import DataError
 from jaxmlp.data._fetch import fetch
 from jaxmlp.data._specs import DATASETS
 from jaxmlp.data._store import FileStatus, data_roots, status
 from jaxmlp.data._tfds import prepare_tfds
 
-PROG = "jaxmlp"
 ACTIONS = ("status", "fetch", "prepare-tfds")
 EXIT_OK, EXIT_MISSING, EXIT_ERROR = 0, 1, 2
 DEFAULT_TIMEOUT = 4.0
@@ -159,28 +159,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit status 2)."""
+def main(argv: Sequence[str] | None = None, *, prog: str = f"{PROG} data") -> int:
+    """The data command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-    def error(self, message: str):
-        self.exit(EXIT_ERROR, f"{PROG}: error: {message} (see {self.prog} --help)\n")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default (unless the help already states it)."""
-
-    def __init__(self, prog: str):
-        super().__init__(prog, max_help_position=34, width=100)
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jaxmlp.data") -> int:
-    """The data command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = _Parser(prog=prog, description=DESCRIPTION, formatter_class=_HelpFormatter)
+    ``python -m jaxmlp.data`` runs it under the name ``jaxmlp data``, which it is: the usage
+    lines, errors and help are the same, word for word, as those of ``jaxmlp data``.
+    """
+    parser = Parser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     add_arguments(parser)
     try:
