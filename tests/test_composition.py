@@ -182,7 +182,7 @@ def test_states_kept_by_the_epoch_callback_stay_valid():
     assert not np.allclose(snapshots[0].params[0]["w"], snapshots[2].params[0]["w"])
 
 
-def test_a_state_the_caller_donated_gives_a_jaxmlp_error_not_xla_s():
+def test_a_state_the_caller_donated_gives_a_jaxmlp_error_not_xla_s(tmp_path):
     x, y = _blobs()
     state = _state()
     donating = jax.jit(lambda s: jaxmlp.train_epoch(s, x, y, batch_size=32), donate_argnums=0)
@@ -191,6 +191,7 @@ def test_a_state_the_caller_donated_gives_a_jaxmlp_error_not_xla_s():
         lambda: jaxmlp.train_epoch(state, x, y, batch_size=32),
         lambda: jaxmlp.evaluate(state, x, y),
         lambda: jaxmlp.fit(x_train=x, y_train=y, state=state, epochs=1, batch_size=32),
+        lambda: jaxmlp.checkpoints.save(tmp_path, 1, state),
     ):
         with pytest.raises(ValueError, match=r"donated to an earlier jitted call.*use the value"):
             call()

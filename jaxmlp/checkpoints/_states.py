@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmlp import _validation
 from jaxmlp.checkpoints import _orbax_v1
 from jaxmlp.checkpoints._common import (
     CheckpointError,
@@ -74,6 +75,7 @@ def _check_state(argument: str, value: Any) -> TrainState:
             "jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, "
             f"options=options), got {type(value).__name__}{hint}"
         )
+    _validation.check_alive(value, argument)
     return value
 
 
