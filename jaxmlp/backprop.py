@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from jaxmlp.losses import DATA_LOSSES, check_loss_arguments, l2_penalty, one_hot_targets
+from jaxmlp.losses import (
+    DATA_LOSSES,
+    batch_of_one,
+    check_loss_arguments,
+    l2_penalty,
+    one_hot_targets,
+)
 from jaxmlp.model import ACTIVATIONS, Params, layer_masks
 
 
@@ -49,17 +55,18 @@ def backprop(
         params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
     )
     if not batched:
+        x, labels, weights = batch_of_one(x, labels, weights)
         value, grads, logits = backprop(
             params,
-            jnp.asarray(x)[None],
-            jnp.asarray(labels)[None],
+            x,
+            labels,
             activation=activation,
             l2=l2,
             output=output,
             dropout_rate=dropout_rate,
             input_dropout_rate=input_dropout_rate,
             key=key,
-            weights=None if weights is None else jnp.asarray(weights)[None],
+            weights=weights,
             return_logits=True,
         )
         return (value, grads, logits[0]) if return_logits else (value, grads)

@@ -149,13 +149,8 @@ def loss_and_logits(
         key=key,
     )
     if not batched:
-        value, logits = loss_and_logits(
-            params,
-            jnp.asarray(x)[None],
-            jnp.asarray(labels)[None],
-            weights=None if weights is None else jnp.asarray(weights)[None],
-            **options,
-        )
+        x, labels, weights = batch_of_one(x, labels, weights)
+        value, logits = loss_and_logits(params, x, labels, weights=weights, **options)
         return value, logits[0]
     logits = forward(
         params,
@@ -170,6 +165,15 @@ def loss_and_logits(
     if l2:
         value = value + l2 * l2_penalty(params)
     return value, logits
+
+
+def batch_of_one(x, labels, weights):
+    """One example ``(features,)``, its label and weight as a batch of one."""
+    return (
+        jnp.asarray(x)[None],
+        jnp.asarray(labels)[None],
+        None if weights is None else jnp.asarray(weights)[None],
+    )
 
 
 def check_loss_arguments(
