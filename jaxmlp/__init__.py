@@ -13,8 +13,8 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
 Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
 ``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many
 models in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`,
-:mod:`jaxmlp.metrics`, :mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are attributes of the
-package, imported on first use so that ``import jaxmlp`` stays quick.
+:mod:`jaxmlp.metrics`, :mod:`jaxmlp.privacy`, :mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are
+attributes of the package, imported on first use so that ``import jaxmlp`` stays quick.
 """
 
 import importlib
@@ -33,6 +33,7 @@ from jaxmlp.losses import (
 from jaxmlp.model import ACTIVATIONS, forward, init_mlp, layer_sizes_of, parameter_count
 from jaxmlp.numerical import grad_check, numerical_grad
 from jaxmlp.optimizers import OPTIMIZERS, OptimizerSettings, optimizer, schedule
+from jaxmlp.per_example import per_example_grad_norms, per_example_grads
 from jaxmlp.training import (
     DivergenceError,
     ModelOptions,
@@ -47,11 +48,20 @@ from jaxmlp.training import (
 )
 
 if TYPE_CHECKING:
-    from jaxmlp import checkpoints, data, images, metrics, multi, plots, sharding
+    from jaxmlp import checkpoints, data, images, metrics, multi, plots, privacy, sharding
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoints", "data", "images", "metrics", "multi", "plots", "sharding")
+_SUBMODULES = (
+    "checkpoints",
+    "data",
+    "images",
+    "metrics",
+    "multi",
+    "plots",
+    "privacy",
+    "sharding",
+)
 
 
 def __getattr__(name: str):
@@ -93,8 +103,11 @@ __all__ = [
     "numerical_grad",
     "optimizer",
     "parameter_count",
+    "per_example_grad_norms",
+    "per_example_grads",
     "plots",
     "predict",
+    "privacy",
     "probabilities",
     "schedule",
     "sharding",

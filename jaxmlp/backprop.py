@@ -27,7 +27,7 @@ from jaxmlp.losses import (
     l2_penalty,
     one_hot_targets,
 )
-from jaxmlp.model import ACTIVATIONS, Params, layer_masks
+from jaxmlp.model import ACTIVATIONS, Params, forward_pass, layer_masks
 
 
 def backprop(
@@ -72,7 +72,6 @@ def backprop(
         return (value, grads, logits[0]) if return_logits else (value, grads)
     x = jnp.asarray(x)
     labels = jnp.asarray(labels)
-    phi = ACTIVATIONS[activation]
     masks = layer_masks(
         params,
         x.shape[0],
@@ -81,45 +80,54 @@ def backprop(
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
     )
-
-    # Forward, keeping each layer's (masked) input and pre-activation.
-    layer_inputs, pre_activations = [], []
-    a = x
-    for index, layer in enumerate(params):
-        if masks[index] is not None:
-            a = a * masks[index]
-        layer_inputs.append(a)
-        z = a @ layer["w"] + layer["b"][None, :]
-        pre_activations.append(z)
-        if index < len(params) - 1:
-            a = phi.function(z)
+    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=activation)
     logits = pre_activations[-1]
-
-    targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
     data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
     loss = data_loss + l2 * l2_penalty(params) if l2 else data_loss
 
-    if output == "softmax":
-        delta = jax.nn.softmax(logits, axis=-1) - targets
-    else:
-        delta = jax.nn.sigmoid(logits) - targets
+    delta = output_delta(logits, labels, output)
     if weights is None:
         batch = jnp.asarray(x.shape[0], logits.dtype)
     else:
         weights = weights.astype(logits.dtype)
         delta = delta * weights[:, None]
         batch = jnp.maximum(jnp.sum(weights), 1)
-
-    grads: Params = [None] * len(params)  # type: ignore[list-item]
-    for index in reversed(range(len(params))):
-        w = params[index]["w"]
-        dw = layer_inputs[index].T @ delta / batch
+    deltas = backward_pass(params, pre_activations, masks, delta, activation=activation)
+    grads: Params = []
+    for layer, a, d in zip(params, layer_inputs, deltas, strict=True):
+        dw = a.T @ d / batch
         if l2:
-            dw = dw + l2 * w
-        grads[index] = {"w": dw, "b": jnp.sum(delta, axis=0) / batch}
-        if index > 0:
-            delta = delta @ w.T
-            if masks[index] is not None:
-                delta = delta * masks[index]
-            delta = delta * phi.derivative(pre_activations[index - 1])
+            dw = dw + l2 * layer["w"]
+        grads.append({"w": dw, "b": jnp.sum(d, axis=0) / batch})
     return (loss, grads, logits) if return_logits else (loss, grads)
+
+
+def output_delta(logits: Array, labels: Array, output: str) -> Array:
+    """delta_L = dL_i / dz_L for each example's own loss: softmax(z) - y for softmax
+    cross-entropy, sigmoid(z) - y for the logistic cost of sigmoid units; (batch, classes)."""
+    targets = one_hot_targets(labels, logits.shape[-1], logits.dtype)
+    if output == "softmax":
+        return jax.nn.softmax(logits, axis=-1) - targets
+    return jax.nn.sigmoid(logits) - targets
+
+
+def backward_pass(
+    params: Params,
+    pre_activations: list[Array],
+    masks: list[Array | None],
+    delta: Array,
+    *,
+    activation: str,
+) -> list[Array]:
+    """Every layer's delta_l = dL / dz_l, from the output layer's ``delta`` down:
+    delta_l = (delta_{l+1} @ W_{l+1}.T) * m_l * phi'(z_l), with m_l the dropout mask on a_l.
+    Row i of each delta is example i's own (scaled as ``delta`` is); first layer first."""
+    phi = ACTIVATIONS[activation]
+    deltas = [delta]
+    for index in range(len(params) - 1, 0, -1):
+        delta = delta @ params[index]["w"].T
+        if masks[index] is not None:
+            delta = delta * masks[index]
+        delta = delta * phi.derivative(pre_activations[index - 1])
+        deltas.append(delta)
+    return deltas[::-1]

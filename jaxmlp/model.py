@@ -196,7 +196,6 @@ def forward(
             input_dropout_rate=input_dropout_rate,
             key=key,
         )[0]
-    phi = ACTIVATIONS[activation].function
     masks = layer_masks(
         params,
         x.shape[0],
@@ -205,11 +204,27 @@ def forward(
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
     )
+    _, pre_activations = forward_pass(params, x, masks, activation=activation)
+    return pre_activations[-1]
+
+
+def forward_pass(
+    params: Params, x: Array, masks: Sequence[Array | None], *, activation: str
+) -> tuple[list[Array], list[Array]]:
+    """The forward pass, keeping what the backward pass needs: each layer's (masked) input
+    a_{l-1} (batch, n_in) and pre-activation z_l = a_{l-1} @ W_l + b_l (batch, n_out), where
+    a_l = phi(z_l) for the hidden layers and the last z is the logits. ``masks`` as
+    :func:`layer_masks` draws them (None entries: no dropout there); no argument checks.
+    """
+    phi = ACTIVATIONS[activation].function
+    layer_inputs, pre_activations = [], []
     a = x
-    for layer, mask in zip(params[:-1], masks[:-1], strict=True):
-        if mask is not None:
-            a = a * mask
-        a = phi(a @ layer["w"] + layer["b"][None, :])
-    if masks[-1] is not None:
-        a = a * masks[-1]
-    return a @ params[-1]["w"] + params[-1]["b"][None, :]
+    for index, layer in enumerate(params):
+        if masks[index] is not None:
+            a = a * masks[index]
+        layer_inputs.append(a)
+        z = a @ layer["w"] + layer["b"][None, :]
+        pre_activations.append(z)
+        if index < len(params) - 1:
+            a = phi(z)
+    return layer_inputs, pre_activations

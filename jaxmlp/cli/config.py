@@ -34,6 +34,7 @@ from jaxmlp._schema import option
 from jaxmlp.data import DATASETS, NORMALIZATIONS, NUM_CLASSES, NUM_PIXELS
 from jaxmlp.model import INITS
 from jaxmlp.optimizers import OptimizerSettings
+from jaxmlp.privacy import ACCOUNTANTS
 from jaxmlp.training import ModelOptions
 
 DTYPES = ("float32", "float64")
@@ -105,6 +106,19 @@ class RunConfig:
     epochs: int = option(15, "passes over the training set", group="opt", metavar="N")
     seed: int = option(
         0, "seed of the initial parameters, data order and dropout", group="opt", metavar="SEED"
+    )
+    # Privacy accounting (the DP-SGD step's own options are ModelOptions')
+    dp_delta: float = option(
+        1e-5, "DP-SGD: the delta at which epsilon is reported", group="privacy", metavar="DELTA"
+    )
+    dp_target_epsilon: float | None = option(
+        None,
+        "DP-SGD: calibrate --dp-noise-multiplier so that the whole run spends this epsilon",
+        group="privacy",
+        metavar="EPS",
+    )
+    dp_accountant: str = option(
+        "rdp", "DP-SGD: privacy accountant (dp-accounting)", group="privacy", choices=ACCOUNTANTS
     )
     keep_checkpoints: int = option(
         3, "number of most recent epoch checkpoints kept", group="run", metavar="N"
@@ -246,6 +260,14 @@ def _check_own_values(config: RunConfig) -> None:
     for name in ("validation", "seed"):
         at_least(name, 0)
     at_least("init_scale", 0, strict=True)
+    at_least("dp_target_epsilon", 0, strict=True)
+    if not 0 < config.dp_delta < 1:
+        raise ConfigError(f"dp_delta={config.dp_delta!r} is invalid; expected 0 < dp_delta < 1")
+    if config.dp_target_epsilon is not None and config.model.dp_clip_norm is None:
+        raise ConfigError(
+            f"dp_target_epsilon={config.dp_target_epsilon!r} needs dp_clip_norm (DP-SGD clips "
+            "each example's gradient to that norm before the calibrated noise is added)"
+        )
     for size in config.hidden:
         if size < 1:
             raise ConfigError(

@@ -145,10 +145,13 @@ class StopRequest:
         return False
 
 
-EPOCH_HEADER = (
-    f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  "
-    f"{'val acc':>7}  {'seconds':>7}"
-)
+def epoch_header(private: bool = False) -> str:
+    """The training table's header; DP-SGD runs get an epsilon column."""
+    header = (
+        f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  {'val loss':>8}  "
+        f"{'val acc':>7}  {'seconds':>7}"
+    )
+    return header + (f"  {'epsilon':>8}" if private else "")
 
 
 def epoch_row(record: dict[str, Any]) -> str:
@@ -163,4 +166,4 @@ def epoch_row(record: dict[str, Any]) -> str:
         f"{record['epoch']:>5}  {record['loss']:10.4f}  "
         f"{100 * record['train_accuracy']:8.2f}%  {val_loss}  {val_acc}  "
         f"{record['seconds']:7.1f}"
-    )
+    ) + (f"  {record['epsilon']:8.3f}" if "epsilon" in record else "")

@@ -20,6 +20,7 @@ _GROUP_TITLES = {
     "model": "model",
     "reg": "regularisation",
     "opt": "optimisation",
+    "privacy": "differential privacy (DP-SGD)",
     "run": "checkpoints",
 }
 SUMMARY_FIELDS = (

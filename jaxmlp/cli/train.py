@@ -19,7 +19,6 @@ from jaxmlp.cli import runs
 from jaxmlp.cli.config import RunConfig
 from jaxmlp.cli.evaluate import score_test_set
 from jaxmlp.cli.output import (
-    EPOCH_HEADER,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -27,6 +26,7 @@ from jaxmlp.cli.output import (
     CliError,
     Output,
     StopRequest,
+    epoch_header,
     epoch_row,
     progress_bar,
 )
@@ -50,7 +50,42 @@ def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, d
     name = name or config.dataset
     if not isinstance(name, str) or not _NAME.match(name):
         raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
+    if config.dp_target_epsilon is not None and not args.resume:
+        if "dp_noise_multiplier" in requested:
+            raise CliError(
+                "give either --dp-noise-multiplier or --dp-target-epsilon (which calibrates the "
+                "noise multiplier), not both"
+            )
+        config = calibrated(config)
     return config, requested, name
+
+
+def steps_per_epoch(config: RunConfig, n_train: int) -> int:
+    """Optimizer steps in one epoch: ceil(n / batch) shuffled batches, or round(n / batch)
+    Poisson-sampled ones."""
+    if config.batch_sampling == "poisson":
+        return max(1, round(n_train / config.batch_size))
+    return math.ceil(n_train / config.batch_size)
+
+
+def calibrated(config: RunConfig) -> RunConfig:
+    """The config with the noise multiplier whose whole run spends ``dp_target_epsilon`` at
+    ``dp_delta`` (sampling rate batch_size / n, all epochs' steps)."""
+    import dataclasses
+
+    from jaxmlp import privacy
+
+    n_train = runs.train_size(config)
+    sigma = privacy.noise_multiplier_for_epsilon(
+        target_epsilon=config.dp_target_epsilon,
+        sampling_rate=config.batch_size / n_train,
+        steps=config.epochs * steps_per_epoch(config, n_train),
+        delta=config.dp_delta,
+        accountant=config.dp_accountant,
+    )
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, dp_noise_multiplier=round(sigma, 6))
+    )
 
 
 def cmd_train(args: argparse.Namespace, explicit: dict, out: Output) -> int:
@@ -116,7 +151,7 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
     # history.json always matches the checkpoint it continues from: no gap, no repeat.
     runs.write_json(run_dir / runs.HISTORY_FILE, history)
 
-    steps = math.ceil(n_train / config.batch_size)
+    steps = steps_per_epoch(config, n_train)
     n_val = len(validation[1]) if validation else 0
     out.line(
         f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
@@ -128,8 +163,20 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
         f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
         f"({config.normalize}); run directory: {run_dir}"
     )
+    private = config.dp_clip_norm is not None and config.dp_noise_multiplier > 0
+    if config.dp_clip_norm is not None:
+        out.line(
+            f"DP-SGD: clip {config.dp_clip_norm:g}, noise multiplier "
+            f"{config.dp_noise_multiplier:g}, {config.batch_sampling} batches; epsilon at delta "
+            f"{config.dp_delta:g} by {config.dp_accountant}"
+            + (
+                f" (calibrated for epsilon {config.dp_target_epsilon:g})"
+                if config.dp_target_epsilon is not None
+                else ""
+            )
+        )
     if start_epoch < config.epochs:
-        out.line(EPOCH_HEADER)
+        out.line(epoch_header(private))
     for record in history:
         out.line(epoch_row(record))
 
@@ -168,6 +215,8 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
                     on_epoch_end=on_epoch_end,
                     progress=bar,
                     mesh=mesh,
+                    dp_delta=config.dp_delta,
+                    dp_accountant=config.dp_accountant,
                 )
             except jaxmlp.DivergenceError as e:
                 if bar is not None:

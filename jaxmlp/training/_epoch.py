@@ -3,6 +3,7 @@ minibatch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -34,7 +35,20 @@ def constrain_batch(mesh, *arrays):
     )
 
 
+def poisson_plan(n_examples: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
+    """``(steps, capacity)`` of a Poisson-sampled epoch: round(n / batch_size) steps, each
+    batch padded to ``capacity`` = the expected size + 7 standard deviations (a multiple of
+    ``devices``), which a binomial batch exceeds with probability below 1e-11."""
+    steps = max(1, round(n_examples / batch_size))
+    rate = batch_size / n_examples
+    spread = math.sqrt(n_examples * rate * (1 - rate))
+    capacity = min(n_examples, math.ceil(batch_size + 7 * spread) + 1)
+    return steps, -(-capacity // devices) * devices
+
+
 def _epoch(state: TrainState, images, labels, batch_size: int, progress, progress_every, mesh):
+    if state.options.batch_sampling == "poisson":
+        return _poisson_epoch(state, images, labels, batch_size, progress, progress_every, mesh)
     n_examples = images.shape[0]
     steps, padded = epoch_plan(n_examples, batch_size)
     epoch_key, shuffle_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
@@ -76,6 +90,51 @@ def _epoch(state: TrainState, images, labels, batch_size: int, progress, progres
         "loss": jnp.sum(loss_sums) / total,
         "train_accuracy": jnp.sum(correct) / total,
         "diverged_at_step": diverged_at,
+    }
+    return state, metrics
+
+
+def _poisson_epoch(state, images, labels, batch_size: int, progress, progress_every, mesh):
+    """An epoch of Poisson-sampled batches: each step takes every example independently with
+    probability batch_size / n; the batch is padded to a fixed capacity and masked."""
+    n_examples = images.shape[0]
+    devices = 1 if mesh is None else mesh.shape["data"]
+    steps, capacity = poisson_plan(n_examples, batch_size, devices)
+    rate = batch_size / n_examples
+    epoch_key, sample_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+
+    def body(carry, index):
+        state, diverged_at = carry
+        included = jax.random.bernoulli(jax.random.fold_in(sample_key, index), rate, (n_examples,))
+        count = jnp.sum(included)
+        (batch,) = jnp.nonzero(included, size=capacity, fill_value=0)
+        weights = (jnp.arange(capacity) < count).astype(images.dtype)
+        x, y, weights = constrain_batch(mesh, images[batch], labels[batch], weights)
+        step_key = jax.random.fold_in(epoch_key, index) if state.options.needs_key else None
+        state, loss, correct, finite = optimizer_step(
+            state, x, y, weights, step_key, lot_size=batch_size
+        )
+        diverged_at = jnp.where((diverged_at < 0) & ~finite, index, diverged_at)
+        if progress is not None:
+            jax.lax.cond(
+                (index + 1) % progress_every == 0,
+                lambda: jax.debug.callback(progress, index + 1, steps),
+                lambda: None,
+            )
+        kept = jnp.sum(weights)
+        return (state, diverged_at), (loss * kept, correct, kept, count - kept.astype(count.dtype))
+
+    (state, diverged_at), (loss_sums, correct, counts, dropped) = jax.lax.scan(
+        body, (state, jnp.asarray(-1, jnp.int32)), jnp.arange(steps)
+    )
+    state = state.replace(key=jax.random.key_data(next_key))
+    total = jnp.maximum(jnp.sum(counts), 1)
+    metrics = {
+        "loss": jnp.sum(loss_sums) / total,
+        "train_accuracy": jnp.sum(correct) / total,
+        "diverged_at_step": diverged_at,
+        "examples": jnp.sum(counts),
+        "dropped_examples": jnp.sum(dropped),
     }
     return state, metrics
 

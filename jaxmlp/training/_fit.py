@@ -134,6 +134,8 @@ def fit(
     progress: Callable[[int, int, int], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     options: ModelOptions | None = None,
+    dp_delta: float = 1e-5,
+    dp_accountant: str = "rdp",
     scale: float | None = None,
     **model_options: Any,
 ) -> tuple[TrainState, list[Record]]:
@@ -165,14 +167,21 @@ def fit(
         them; ``batch_size`` must be a multiple of the device count.
       options: a :class:`ModelOptions` for a new state; or give its fields as keywords:
       **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
-        ``output``, ...). With ``state`` they may be given and must match the state's.
+        ``output``, ``dp_clip_norm``, ...). With ``state`` they may be given and must match the
+        state's.
+      dp_delta, dp_accountant: for DP-SGD with noise (``dp_noise_multiplier > 0``), each record
+        gets ``epsilon``: the privacy spent so far at ``dp_delta``, by ``dp_accountant``
+        (``"rdp"`` or ``"pld"``, see :mod:`jaxmlp.privacy`), counted from the state's step, so a
+        continued state keeps counting. The sampling rate is batch_size / n.
       scale: the former name of ``init_scale`` (deprecated).
 
     Returns:
       The final state and one record per epoch: ``epoch``, ``loss`` (mean training loss),
       ``train_accuracy``, ``seconds`` (wall time of the epoch's training program; the first
       epoch of a call includes the compile, also given as ``compile_seconds``), and
-      ``validation_loss`` / ``validation_accuracy`` with validation data.
+      ``validation_loss`` / ``validation_accuracy`` with validation data, and ``epsilon`` for
+      DP-SGD. (The training loss and accuracy are computed on the private data and are not
+      themselves private.)
 
     Raises:
       DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
@@ -190,6 +199,12 @@ def fit(
         {"init": init, "init_scale": init_scale, "dtype": dtype},
     )
     history = _check_history(history)
+    private = state.options.private and state.options.dp_noise_multiplier > 0
+    if private:
+        from jaxmlp import privacy
+
+        privacy.check_delta(dp_delta)
+        _validation.check_choice("dp_accountant", dp_accountant, privacy.ACCOUNTANTS)
     if x_train is None or y_train is None:
         raise TypeError("fit needs the training data x_train and y_train")
     x_train, y_train, batch_size = check_epoch_arguments(
@@ -242,6 +257,14 @@ def fit(
         }
         if epoch == first_epoch:
             record["compile_seconds"] = compile_seconds
+        if private:
+            record["epsilon"] = privacy.epsilon(
+                noise_multiplier=state.options.dp_noise_multiplier,
+                sampling_rate=batch_size / x_train.shape[0],
+                steps=int(state.step),
+                delta=dp_delta,
+                accountant=dp_accountant,
+            )
         if evaluate_train:
             record["train_accuracy"] = evaluate(state, x_train, y_train)["accuracy"]
         if validation_data is not None:

@@ -13,6 +13,9 @@ GRADIENTS = ("autodiff", "backprop")
 """How a step differentiates the loss: ``jax.value_and_grad``, or the hand-derived backward
 pass of :func:`jaxmlp.backprop`."""
 
+BATCH_SAMPLINGS = ("shuffle", "poisson")
+"""How an epoch draws its batches: a shuffled order, or Poisson sampling (DP-SGD's)."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelOptions:
@@ -59,6 +62,23 @@ class ModelOptions:
       vat_weight: the weight of the virtual adversarial term (> 0; 1.0 as in the paper).
       gradient: ``autodiff`` (``jax.value_and_grad`` of the loss) or ``backprop`` (the
         hand-derived backward pass); they agree to rounding.
+      dp_clip_norm: if set, differentially private SGD (Abadi et al. 2016): each example's
+        gradient of its data loss is clipped to global L2 norm ``dp_clip_norm`` (C) over all
+        weights and biases, the clipped gradients are summed, Gaussian noise N(0, sigma^2 C^2)
+        is added to every entry, and the sum is divided by the batch size; the L2 term is added
+        after, unclipped. With ``gradient="backprop"`` the clipped sum comes from the
+        hand-derived norms and one reweighted product per layer (no per-example gradient is
+        materialised, see :mod:`jaxmlp.per_example`); with ``"autodiff"`` from
+        ``jax.vmap(jax.grad)``.
+      dp_noise_multiplier: sigma, the noise's standard deviation in units of C (needs
+        ``dp_clip_norm``). 0 clips without noise (no privacy guarantee).
+      batch_sampling: ``shuffle``: each epoch a shuffled order cut into batches of
+        ``batch_size`` (every example once); ``poisson``: each step takes every example
+        independently with probability batch_size / n (the sampling the privacy accounting of
+        :mod:`jaxmlp.privacy` assumes), padded to a fixed maximum size and masked so that the
+        shapes stay static, for round(n / batch_size) steps an epoch. The DP gradient is divided
+        by the batch's size in ``shuffle`` mode and by ``batch_size`` (the expected size) in
+        ``poisson`` mode.
     """
 
     activation: str = option("relu", "hidden activation", group="model", choices=tuple(ACTIVATIONS))
@@ -131,6 +151,25 @@ class ModelOptions:
         choices=GRADIENTS,
     )
 
+    dp_clip_norm: float | None = option(
+        None,
+        "DP-SGD: clip each example's gradient to this global L2 norm (C)",
+        group="privacy",
+        metavar="C",
+    )
+    dp_noise_multiplier: float = option(
+        0.0,
+        "DP-SGD: Gaussian noise of standard deviation SIGMA * C on the clipped sum",
+        group="privacy",
+        metavar="SIGMA",
+    )
+    batch_sampling: str = option(
+        "shuffle",
+        "batches: a shuffled order (every example once an epoch), or Poisson sampling",
+        group="privacy",
+        choices=BATCH_SAMPLINGS,
+    )
+
     def __post_init__(self):
         _validation.check_choice("activation", self.activation, ACTIVATIONS)
         _validation.check_choice("output", self.output, OUTPUTS)
@@ -179,6 +218,29 @@ class ModelOptions:
                 f"distributions); got output={self.output!r}"
             )
 
+        if self.dp_clip_norm is not None:
+            _validation.check_positive("dp_clip_norm", self.dp_clip_norm)
+        _validation.check_non_negative("dp_noise_multiplier", self.dp_noise_multiplier)
+        if self.dp_noise_multiplier and self.dp_clip_norm is None:
+            raise ValueError(
+                f"dp_noise_multiplier={self.dp_noise_multiplier!r} needs dp_clip_norm: the noise "
+                "is in units of the clipping bound C, which bounds each example's contribution"
+            )
+        if self.dp_clip_norm is not None:
+            for name in ("adversarial_epsilon", "vat_epsilon"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} cannot be combined with dp_clip_norm: "
+                        "DP-SGD clips each example's gradient of its own loss, and these terms "
+                        "are not sums of per-example losses jaxmlp differentiates per example"
+                    )
+        _validation.check_choice("batch_sampling", self.batch_sampling, BATCH_SAMPLINGS)
+
+    @property
+    def private(self) -> bool:
+        """Whether steps are DP-SGD steps (per-example clipping, and noise when sigma > 0)."""
+        return self.dp_clip_norm is not None
+
     @property
     def augments(self) -> bool:
         """Whether training images are transformed at random inside the step."""
@@ -193,7 +255,9 @@ class ModelOptions:
     def needs_key(self) -> bool:
         """Whether a step draws random numbers (dropout, augmentation, VAT's random start);
         keys cost time per step, so a step without randomness draws none."""
-        return bool(self.augments or self.uses_dropout or self.vat_epsilon)
+        return bool(
+            self.augments or self.uses_dropout or self.vat_epsilon or self.dp_noise_multiplier
+        )
 
     def loss_options(self) -> dict:
         """The keyword arguments of :func:`jaxmlp.loss` / :func:`jaxmlp.backprop` these

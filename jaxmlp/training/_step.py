@@ -10,8 +10,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from jaxmlp import _validation
 from jaxmlp.backprop import backprop
-from jaxmlp.losses import loss_and_logits
+from jaxmlp.losses import l2_penalty, loss_and_logits
 from jaxmlp.model import Params
+from jaxmlp.per_example import clipped_grad_sum
 from jaxmlp.training._options import ModelOptions
 from jaxmlp.training._regularizers import (
     adversarial_loss_and_grads,
@@ -54,18 +55,71 @@ def loss_and_grads(
     return loss, grads, logits
 
 
+def private_loss_and_grads(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Array,
+    options: ModelOptions,
+    *,
+    dropout_key: PRNGKeyArray | None,
+    noise_key: PRNGKeyArray | None,
+    weights: Array | None = None,
+    lot_size: Array | int | None = None,
+) -> tuple[Array, Params, Array]:
+    """``(loss, grads, logits)`` of a DP-SGD step: ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2 I))
+    / B + l2 W``, with the clipped sum by the options' gradient method (see
+    :func:`jaxmlp.per_example.clipped_grad_sum`). ``B`` is ``lot_size`` (Poisson sampling: the
+    expected batch size), else the number of (unmasked) examples."""
+    loss_options = options.loss_options()
+    l2 = loss_options.pop("l2")
+    total, info = clipped_grad_sum(
+        params,
+        x,
+        labels,
+        clip_norm=options.dp_clip_norm,
+        method=options.gradient,
+        **loss_options,
+        key=dropout_key,
+        weights=weights,
+    )
+    if lot_size is None:
+        lot_size = x.shape[0] if weights is None else jnp.maximum(jnp.sum(weights), 1)
+    sigma = options.dp_noise_multiplier * options.dp_clip_norm
+    leaves, treedef = jax.tree.flatten(total)
+    if sigma:
+        keys = jax.random.split(noise_key, len(leaves))
+        leaves = [
+            leaf + sigma * jax.random.normal(k, leaf.shape, leaf.dtype)
+            for leaf, k in zip(leaves, keys, strict=True)
+        ]
+    grads = jax.tree.unflatten(treedef, [leaf / lot_size for leaf in leaves])
+    loss = info["loss"]
+    if l2:
+        grads = [
+            {"w": g["w"] + l2 * p["w"], "b": g["b"]} for g, p in zip(grads, params, strict=True)
+        ]
+        loss = loss + l2 * l2_penalty(params)
+    return loss, grads, info["logits"]
+
+
 def class_ids(labels: Array) -> Array:
     """Class ids of integer labels or of one-hot / probability rows."""
     return labels if labels.ndim == 1 else jnp.argmax(labels, -1)
 
 
 def optimizer_step(
-    state: TrainState, x: Array, labels: Array, weights: Array | None, step_key
+    state: TrainState,
+    x: Array,
+    labels: Array,
+    weights: Array | None,
+    step_key,
+    lot_size: int | None = None,
 ) -> tuple[TrainState, Array, Array, Array]:
     """One optimizer step on a batch: ``(new state, loss, correct, finite)`` with the batch's
     loss, its number of correct predictions and whether the loss and gradients were finite.
-    ``step_key`` (None when the options draw no random numbers) drives augmentation, dropout and
-    VAT's random start; ``weights`` mask the padding of a short last batch."""
+    ``step_key`` (None when the options draw no random numbers) drives augmentation, dropout,
+    VAT's random start and DP-SGD's noise; ``weights`` mask the padding of a short last batch
+    (or of a Poisson batch, whose DP gradient is divided by ``lot_size``)."""
     options = state.options
     augment_key = dropout_key = None
     if options.needs_key:
@@ -73,9 +127,22 @@ def optimizer_step(
     if options.augments:
         x = augment_images(x, augment_key, options)
     loss_dropout_key = dropout_key if options.uses_dropout else None
-    loss, grads, logits = loss_and_grads(
-        state.params, x, labels, options, dropout_key=loss_dropout_key, weights=weights
-    )
+    if options.private:
+        noise_key = jax.random.fold_in(dropout_key, 2) if options.dp_noise_multiplier else None
+        loss, grads, logits = private_loss_and_grads(
+            state.params,
+            x,
+            labels,
+            options,
+            dropout_key=loss_dropout_key,
+            noise_key=noise_key,
+            weights=weights,
+            lot_size=lot_size,
+        )
+    else:
+        loss, grads, logits = loss_and_grads(
+            state.params, x, labels, options, dropout_key=loss_dropout_key, weights=weights
+        )
     if options.vat_epsilon:
         vat, vat_grads = vat_loss_and_grads(
             state.params,

@@ -1,0 +1,225 @@
+"""Per-example gradients, by autodiff and by hand, and the clipped sum that DP-SGD needs.
+
+For a dense layer z = a @ W + b, the gradient of example i's own loss is the outer product of
+its layer input and its delta (see :mod:`jaxmlp.backprop` for the deltas):
+
+    dW_i = a_i delta_i^T   (n_in, n_out)        db_i = delta_i
+    ||dW_i||_F^2 = ||a_i||^2 ||delta_i||^2       (Goodfellow 2015)
+
+so each example's global gradient norm over all weights and biases is
+
+    ||g_i||^2 = sum over layers of (||a_i||^2 + 1) ||delta_i||^2
+
+without ever forming dW_i, and any per-example weighted sum of gradients is one more product
+with the same deltas, sum_i c_i dW_i = a^T (c * delta) ("book-keeping", Bu et al. 2022; ghost
+clipping, Li et al. 2021). ``method="autodiff"`` instead differentiates each example with
+``jax.vmap(jax.grad(...))``, which materialises a (batch, n_in, n_out) gradient per layer.
+
+The gradients here are of the *data* loss: the L2 term belongs to the batch (it is the same for
+every example and is not clipped), so it is left out. Dropout uses the masks that
+:func:`jaxmlp.loss` draws with the same key: row i of each batch mask is example i's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from jaxmlp import _validation
+from jaxmlp.backprop import backward_pass, output_delta
+from jaxmlp.losses import DATA_LOSSES, check_loss_arguments
+from jaxmlp.model import Params, forward_pass, layer_masks
+
+METHODS = ("autodiff", "backprop")
+"""How per-example gradients are computed: ``jax.vmap(jax.grad)``, or by hand from the deltas."""
+
+
+def _prepared(params, x, labels, method, options, key):
+    """Checks, then (x, labels, masks) as a batch; ``batched`` says whether x was one."""
+    _validation.check_choice("method", method, METHODS)
+    batched = check_loss_arguments(
+        params,
+        x,
+        labels,
+        options["activation"],
+        0.0,
+        options["output"],
+        options["dropout_rate"],
+        options["input_dropout_rate"],
+        key,
+        None,
+    )
+    x, labels = jnp.asarray(x), jnp.asarray(labels)
+    if not batched:
+        x, labels = x[None], labels[None]
+    masks = layer_masks(
+        params,
+        x.shape[0],
+        dtype=x.dtype,
+        key=key,
+        dropout_rate=options["dropout_rate"],
+        input_dropout_rate=options["input_dropout_rate"],
+    )
+    return x, labels, masks, batched
+
+
+def _layer_terms(params, x, labels, masks, activation, output):
+    """(layer inputs, deltas of each example's own loss, logits) of one forward and one
+    backward pass."""
+    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=activation)
+    logits = pre_activations[-1]
+    delta = output_delta(logits, labels, output)
+    deltas = backward_pass(params, pre_activations, masks, delta, activation=activation)
+    return layer_inputs, deltas, logits
+
+
+def _autodiff_grads(params, x, labels, masks, activation, output):
+    """(per-example gradients, logits) by ``jax.vmap(jax.grad)``, each example under its own row
+    of the batch's dropout masks."""
+
+    def one(x_i, y_i, masks_i):
+        def data_loss(p):
+            batch_masks = [None if m is None else m[None] for m in masks_i]
+            _, pre = forward_pass(p, x_i[None], batch_masks, activation=activation)
+            return DATA_LOSSES[output](pre[-1], y_i[None]), pre[-1][0]
+
+        return jax.grad(data_loss, has_aux=True)(params)
+
+    return jax.vmap(one)(x, labels, masks)
+
+
+def _options(activation, output, dropout_rate, input_dropout_rate):
+    return {
+        "activation": activation,
+        "output": output,
+        "dropout_rate": dropout_rate,
+        "input_dropout_rate": input_dropout_rate,
+    }
+
+
+def per_example_grads(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    method: str = "backprop",
+    activation: str = "relu",
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+) -> Params:
+    """Each example's gradient of its own data loss: a pytree shaped like ``params`` with a
+    leading batch axis, ``{"w": (batch, n_in, n_out), "b": (batch, n_out)}`` per layer.
+
+    ``method="backprop"`` forms the outer products a_i delta_i^T from one forward and one
+    backward pass; ``method="autodiff"`` is ``jax.vmap(jax.grad(...))`` over the examples. They
+    agree to rounding, and their mean over the batch is ``jax.grad(jaxmlp.loss)`` with
+    ``l2=0`` (the L2 term belongs to the batch, not to an example). Options as
+    :func:`jaxmlp.loss`; with ``key`` the dropout masks are those ``loss`` draws with that key.
+    Works inside the caller's ``jit`` and ``vmap``.
+    """
+    options = _options(activation, output, dropout_rate, input_dropout_rate)
+    x, labels, masks, _ = _prepared(params, x, labels, method, options, key)
+    if method == "autodiff":
+        return _autodiff_grads(params, x, labels, masks, activation, output)[0]
+    layer_inputs, deltas, _ = _layer_terms(params, x, labels, masks, activation, output)
+    return [
+        {"w": jnp.einsum("bi,bo->bio", a, d), "b": d}
+        for a, d in zip(layer_inputs, deltas, strict=True)
+    ]
+
+
+def _norms_from_terms(layer_inputs, deltas) -> Array:
+    squares = sum(
+        (jnp.sum(a * a, axis=-1) + 1) * jnp.sum(d * d, axis=-1)
+        for a, d in zip(layer_inputs, deltas, strict=True)
+    )
+    return jnp.sqrt(squares)
+
+
+def _norms_of(grads: Params) -> Array:
+    leaves = jax.tree.leaves(grads)
+    batch = leaves[0].shape[0]
+    return jnp.sqrt(sum(jnp.sum(leaf.reshape(batch, -1) ** 2, axis=-1) for leaf in leaves))
+
+
+def per_example_grad_norms(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    method: str = "backprop",
+    activation: str = "relu",
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+) -> Float[Array, " batch"]:
+    """The global L2 norm of each example's gradient over all weights and biases, (batch,).
+
+    With ``method="backprop"`` it is sqrt(sum_l (||a_l,i||^2 + 1) ||delta_l,i||^2), from the
+    layer inputs and deltas alone: no per-example gradient is materialised. With
+    ``method="autodiff"`` it is the norm of :func:`per_example_grads`.
+    """
+    options = _options(activation, output, dropout_rate, input_dropout_rate)
+    x, labels, masks, _ = _prepared(params, x, labels, method, options, key)
+    if method == "autodiff":
+        return _norms_of(_autodiff_grads(params, x, labels, masks, activation, output)[0])
+    layer_inputs, deltas, _ = _layer_terms(params, x, labels, masks, activation, output)
+    return _norms_from_terms(layer_inputs, deltas)
+
+
+def clip_factors(norms: Array, clip_norm: float) -> Array:
+    """min(1, C / ||g_i||): the factor that scales each gradient to norm at most C."""
+    return jnp.minimum(1.0, clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
+
+
+def clipped_grad_sum(
+    params: Params,
+    x: Float[Array, "batch features"],
+    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    *,
+    clip_norm: float,
+    method: str = "backprop",
+    activation: str = "relu",
+    output: str = "softmax",
+    dropout_rate: float = 0.0,
+    input_dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+    weights: Float[Array, " batch"] | None = None,
+) -> tuple[Params, dict[str, Array]]:
+    """``sum_i w_i clip_C(g_i)`` with ``clip_C(g) = g * min(1, C / ||g||)`` over the global
+    norm, and what it was computed from: ``{"norms": (batch,), "loss": the mean data loss,
+    "logits": (batch, classes)}``. ``weights`` (0 or 1) drop padding examples.
+
+    ``method="backprop"``: one forward and one backward pass give the deltas, their norms give
+    the factors c_i, and the sum is a^T (c * delta) per layer (the deltas reweighted; no
+    per-example gradient is materialised). ``method="autodiff"`` clips and sums
+    ``jax.vmap(jax.grad)``'s per-example gradients. The two agree to rounding.
+    """
+    _validation.check_positive("clip_norm", clip_norm)
+    options = _options(activation, output, dropout_rate, input_dropout_rate)
+    x, labels, masks, batched = _prepared(params, x, labels, method, options, key)
+    if weights is not None:
+        weights = jnp.asarray(weights).reshape(x.shape[0]).astype(x.dtype)
+    if method == "autodiff":
+        grads, logits = _autodiff_grads(params, x, labels, masks, activation, output)
+        norms = _norms_of(grads)
+        factors = clip_factors(norms, clip_norm)
+        if weights is not None:
+            factors = factors * weights
+        total = jax.tree.map(lambda g: jnp.tensordot(factors, g, axes=1), grads)
+    else:
+        layer_inputs, deltas, logits = _layer_terms(params, x, labels, masks, activation, output)
+        norms = _norms_from_terms(layer_inputs, deltas)
+        factors = clip_factors(norms, clip_norm)
+        if weights is not None:
+            factors = factors * weights
+        total = [
+            {"w": a.T @ (factors[:, None] * d), "b": factors @ d}
+            for a, d in zip(layer_inputs, deltas, strict=True)
+        ]
+    loss = DATA_LOSSES[output](logits, labels, weights=weights)
+    return total, {"norms": norms, "loss": loss, "logits": logits if batched else logits[0]}
