@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("correctness", "gradient_speed", "throughput", "limit", "scaling")
+SECTIONS = ("correctness", "gradient_speed", "throughput", "limit", "scaling", "privacy")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

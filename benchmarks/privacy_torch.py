@@ -41,6 +41,14 @@ def available() -> bool:
     return True
 
 
+def versions() -> dict[str, str]:
+    """The versions of torch and opacus in use."""
+    import opacus
+    import torch
+
+    return {"torch": torch.__version__, "opacus": opacus.__version__}
+
+
 def torch_mlp(params: Params, activation: str = "relu"):
     """An ``nn.Sequential`` of ``nn.Linear`` layers (with ``activation`` between them) computing
     the same function as jaxmlp's forward pass with ``params``.
@@ -69,8 +77,8 @@ def torch_mlp(params: Params, activation: str = "relu"):
             )
         linear = torch.nn.Linear(w.shape[0], w.shape[1], dtype=dtype)
         with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            linear.bias.copy_(torch.from_numpy(np.ascontiguousarray(b)))
+            linear.weight.copy_(torch.from_numpy(np.array(w.T, order="C")))
+            linear.bias.copy_(torch.from_numpy(np.array(b, order="C")))
         layers.append(linear)
         if index < len(params) - 1:
             layers.append(activation_layer[activation]())

@@ -111,7 +111,103 @@ def goals_section(results: dict[str, Any]) -> str:
             measured += " (the floor is launch-bound on a GPU: see section 4)"
             met = None
         rows.append([f"{e['config']}: epoch <= 1.1x its matmul floor", measured, _yes(met)])
+    for epoch in s.get("privacy", {}).get("epochs", []):
+        r = epoch["ratios"]
+        rows.append(
+            [
+                f"{epoch['architecture']}: hand-derived DP-SGD epoch <= 1.2x the non-private one",
+                f"{r['dp_backprop_over_plain']:.2f}x (clipping alone, no noise: "
+                f"{r['dp_clip_only_over_plain']:.2f}x)",
+                _yes(r["dp_backprop_over_plain"] <= 1.2),
+            ]
+        )
+        opacus = epoch.get("opacus", {})
+        versus = [f"vmap(grad) DP {r['dp_autodiff_over_dp_backprop']:.1f}x slower"]
+        met = r["dp_autodiff_over_dp_backprop"] >= 3
+        if "opacus_over_jaxmlp_dp_backprop" in opacus:
+            versus.append(f"Opacus {opacus['opacus_over_jaxmlp_dp_backprop']:.1f}x slower")
+            met = met and opacus["opacus_over_jaxmlp_dp_backprop"] >= 3
+        else:
+            met = None
+        rows.append(
+            [
+                f"{epoch['architecture']}: hand-derived DP epoch >= 3x faster than vmap(grad) "
+                "DP and Opacus",
+                "; ".join(versus),
+                _yes(met),
+            ]
+        )
     return _table(["goal", "measured", ""], rows) if rows else "(no goals measured)"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f}"
+
+
+def privacy_section(section: dict[str, Any]) -> str:
+    rows = []
+    for p in section["per_example"]:
+        cells = [p["architecture"], p["batch"]]
+        for key in ("grads_autodiff", "grads_backprop", "norms_autodiff", "norms_backprop"):
+            entry = p[key]
+            time_ = "not run" if "skipped" in entry else _us(entry["median_s"])
+            cells.append(f"{time_} / {_mib(entry['memory_bytes'])}")
+        rows.append(cells)
+    header = [
+        "model",
+        "batch",
+        "grads autodiff: us / MiB",
+        "grads by hand",
+        "norms autodiff",
+        "norms by hand (no gradient formed)",
+    ]
+    parts = [
+        "Per-example gradients and norms: median microseconds per call / XLA's estimate of the "
+        "call's working memory (temporaries + outputs). Calls estimated over "
+        f"{section['memory_cap_bytes'] / 2**30:.0f} GiB are not run.",
+        _table(header, rows),
+    ]
+    rows = []
+    for e in section["epochs"]:
+        o = e.get("opacus", {})
+
+        def seconds(name, e=e):
+            run = e[name]
+            scaled = f" (from {run['scaled_from_steps']} steps)" if run["scaled_from_steps"] else ""
+            return f"{run['seconds']:.2f}{scaled}"
+
+        rows.append(
+            [
+                e["architecture"],
+                seconds("plain_autodiff"),
+                seconds("dp_backprop_clip_only"),
+                seconds("dp_backprop"),
+                seconds("dp_autodiff"),
+                f"{o['dp_epoch_seconds']:.1f}" if "dp_epoch_seconds" in o else "-",
+                f"{o['plain_epoch_seconds']:.2f}" if "plain_epoch_seconds" in o else "-",
+                f"{o['per_sample_max_relative_difference']:.1e}"
+                if "per_sample_max_relative_difference" in o
+                else o.get("skipped", "-"),
+            ]
+        )
+    header = [
+        "model",
+        "plain epoch (s)",
+        "DP clip only, by hand",
+        "DP by hand",
+        "DP vmap(grad)",
+        "Opacus DP",
+        "torch plain",
+        "Opacus vs jaxmlp per-sample grads (max rel. diff.)",
+    ]
+    first = section["epochs"][0]
+    parts += [
+        f"One epoch of {first['examples']:,} examples, batch {first['batch']}, clip "
+        f"{first['clip']:g}, noise multiplier {first['noise_multiplier']:g}, SGD (seconds; slow "
+        "variants timed on the epoch's first steps and scaled).",
+        _table(header, rows),
+    ]
+    return "\n\n".join(parts)
 
 
 def correctness_section(section: dict[str, Any]) -> str:
@@ -458,6 +554,8 @@ def write(results: dict[str, Any], out: Path, stem: str) -> Path:
         parts += ["## 5. Scaling and memory", scaling_section(s["scaling"], scaling_png)]
     elif scaling_png:
         parts += ["## 5. Scaling", f"![scaling]({scaling_png})"]
+    if "privacy" in s:
+        parts += ["## 6. Per-example gradients and DP-SGD", privacy_section(s["privacy"])]
     seconds = {name: section.get("seconds") for name, section in s.items()}
     parts.append("Section run times (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     path = out / f"{stem}.md"

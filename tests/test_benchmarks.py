@@ -36,6 +36,7 @@ def test_quick_run_writes_valid_json(tmp_path):
         "throughput",
         "limit",
         "scaling",
+        "privacy",
     }
     assert results["machine"]["jax"]
     assert list(tmp_path.glob("*-quick.md"))

@@ -260,3 +260,71 @@ def test_predict_refuses_an_image_too_large_to_decode(needs_data, tmp_path, caps
     code, _, err = run(capsys, "predict", "p", "--runs-dir", tmp_path, huge)
     assert_one_line_error(code, err, "huge.png", "too large to decode safely")
     assert "internal error" not in err and os.path.exists(huge)
+
+
+# --------------------------------------------------------------------------------------------
+# DP-SGD from the command line
+
+
+def test_dp_training_calibrates_sigma_reports_epsilon_and_keeps_counting_on_resume(
+    needs_data, tmp_path, capsys
+):
+    from jaxmlp import privacy
+
+    dp = ["--dp-clip-norm", "1", "--dp-target-epsilon", "3", "--gradient", "backprop"]
+    code, out, err = run(
+        capsys, "train", "--runs-dir", tmp_path, "--name", "dp", *TINY, "--epochs", "2", *dp
+    )
+    assert code == 0, err
+    config = cfglib.load(tmp_path / "dp" / "config.json")
+    sigma = config.dp_noise_multiplier
+    steps = 2 * 10  # 1000 training images, batches of 100
+    spent = privacy.epsilon(noise_multiplier=sigma, sampling_rate=0.1, steps=steps, delta=1e-5)
+    assert 2.99 < spent <= 3.0  # calibrated for the whole run
+    assert "epsilon" in out and f"noise multiplier {sigma:g}" in out
+    history = json.loads((tmp_path / "dp" / "history.json").read_text())
+    assert history[-1]["epsilon"] == pytest.approx(spent)
+    # Resumed for a third epoch: the same sigma, and epsilon counted from the checkpoint's step.
+    code, out, err = run(
+        capsys,
+        "train",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "dp",
+        "--resume",
+        "--epochs",
+        "3",
+        "--no-plots",
+    )
+    assert code == 0, err
+    history = json.loads((tmp_path / "dp" / "history.json").read_text())
+    assert cfglib.load(tmp_path / "dp" / "config.json").dp_noise_multiplier == sigma
+    assert history[-1]["epsilon"] == pytest.approx(
+        privacy.epsilon(noise_multiplier=sigma, sampling_rate=0.1, steps=30, delta=1e-5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--dp-clip-norm", "0"], ["dp_clip_norm=0.0"]),
+        (["--dp-noise-multiplier", "1"], ["needs dp_clip_norm"]),
+        (["--dp-clip-norm", "1", "--dp-noise-multiplier", "-1"], ["dp_noise_multiplier=-1.0"]),
+        (["--dp-clip-norm", "1", "--dp-delta", "1.5"], ["dp_delta=1.5", "0 < dp_delta < 1"]),
+        (["--dp-target-epsilon", "2"], ["needs dp_clip_norm"]),
+        (
+            ["--dp-clip-norm", "1", "--dp-target-epsilon", "2", "--dp-noise-multiplier", "1"],
+            ["either --dp-noise-multiplier or --dp-target-epsilon"],
+        ),
+        (
+            ["--dp-clip-norm", "1", "--dp-target-epsilon", "0.00001", "--epochs", "50"],
+            ["cannot be met"],
+        ),
+        (["--dp-clip-norm", "1", "--vat-epsilon", "2"], ["cannot be combined with dp_clip_norm"]),
+    ],
+)
+def test_bad_dp_options_are_one_line_errors_before_training(extra, fragments, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, *extra)
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "mnist").exists()
