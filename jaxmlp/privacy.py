@@ -21,6 +21,8 @@ libraries), not a proof: say so when you report them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 from jaxmlp import _validation
@@ -45,6 +47,20 @@ def check_delta(delta) -> float:
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise ValueError(f"delta={delta!r} is invalid; expected 0 < delta < 1 (e.g. 1e-5)")
     return float(delta)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """dp-accounting logs a warning (through absl) for every Renyi order it drops as numerically
+    unstable, which happens at small noise multipliers; the epsilon is still correct (computed
+    from the other orders), so those warnings are held back here."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _event(noise_multiplier: float, sampling_rate: float, steps: int):
@@ -75,8 +91,9 @@ def epsilon(
     _check(noise_multiplier, sampling_rate, steps, delta, accountant)
     if steps == 0:
         return 0.0
-    result = _accountant(accountant).compose(_event(noise_multiplier, sampling_rate, steps))
-    return float(result.get_epsilon(delta))
+    with _quiet():
+        result = _accountant(accountant).compose(_event(noise_multiplier, sampling_rate, steps))
+        return float(result.get_epsilon(delta))
 
 
 def noise_multiplier_for_epsilon(
@@ -125,14 +142,15 @@ def noise_multiplier_for_epsilon(
             f"spends epsilon {spent:.4g} over {steps} steps at sampling rate {sampling_rate:g} "
             f"and delta {delta:g}; allow a larger epsilon or fewer steps"
         )
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        lambda: _accountant(accountant),
-        lambda sigma: _event(sigma, sampling_rate, steps),
-        target_epsilon,
-        delta,
-        dp_accounting.ExplicitBracketInterval(lowest, highest),
-        tol=1e-4,
-    )
+    with _quiet():
+        sigma = dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(accountant),
+            lambda sigma: _event(sigma, sampling_rate, steps),
+            target_epsilon,
+            delta,
+            dp_accounting.ExplicitBracketInterval(lowest, highest),
+            tol=1e-4,
+        )
     if not math.isfinite(sigma):  # pragma: no cover - calibrate_dp_mechanism raises first
         raise ValueError(f"no noise multiplier found for target_epsilon={target_epsilon!r}")
     return float(sigma)

@@ -147,3 +147,65 @@ def test_records_quick_run_of_the_virtual_adversarial_task(tmp_path, monkeypatch
     # On CPU the two seeds train as two programs, each timed.
     assert len(result["train_seconds_per_program"]) == 2
     assert all(seconds > 0 for seconds in result["train_seconds_per_program"])
+
+
+def test_dp_abadi_accounting_reproduces_the_paper_s_moments_accountant():
+    from experiments import dp_abadi
+
+    # The paper's section 3.1: sigma 4, q 0.01, 10,000 steps, delta 1e-5 -> epsilon about 1.26.
+    paper = dp_abadi.moments_accountant_epsilon(
+        sigma=4.0, sigma_pca=None, steps=10_000, q=0.01, per_step=1
+    )
+    assert round(paper, 2) == 1.26
+    # dp-accounting's own RDP and PLD accountants bound the same mechanism more tightly.
+    for accountant in ("rdp", "pld"):
+        tighter = dp_abadi.composed_epsilon(
+            sigma=4.0, sigma_pca=None, steps=10_000, q=0.01, per_step=1, accountant=accountant
+        )
+        assert 0.8 < tighter < paper
+    # Epochs each configuration may train within its epsilon, by the paper's own accounting.
+    epochs = {name: dp_abadi.paper_epochs(c, 100, 0.01) for name, c in dp_abadi.PAPER.items()}
+    assert epochs == {"large noise": 14, "medium noise": 107, "small noise": 353}
+
+
+def test_dp_pca_projects_onto_the_leading_directions():
+    import jax
+
+    from experiments import dp_abadi
+
+    rng = np.random.default_rng(0)
+    # Points near a 2-d plane in 10-d space: the projection must span that plane.
+    basis = np.linalg.qr(rng.normal(size=(10, 2)))[0]
+    data = (rng.normal(size=(500, 2)) * [5.0, 3.0]) @ basis.T + 0.01 * rng.normal(size=(500, 10))
+    projection = dp_abadi.dp_pca(data.astype(np.float32), 2, 0.5, jax.random.key(0))
+    assert projection.shape == (10, 2)
+    # The principal angles between the two planes are small.
+    cosines = np.linalg.svd(basis.T @ projection, compute_uv=False)
+    assert cosines.min() > 0.99
+
+
+@pytest.mark.data
+def test_dp_abadi_quick_runs_write_results(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from cli_support import require_mnist
+
+    from experiments import dp_abadi
+
+    require_mnist()
+    for part in ("reproduce", "search", "final"):
+        monkeypatch.setattr(
+            sys, "argv", ["dp_abadi", "--part", part, "--quick", "--out", str(tmp_path)]
+        )
+        dp_abadi.main()
+    reproduce = json.loads((tmp_path / "dp_abadi_reproduce_quick.json").read_text())
+    assert set(reproduce["rows"]) == set(dp_abadi.PAPER)
+    for row in reproduce["rows"].values():
+        assert 0 < row["epsilon_pld"] <= row["epsilon_rdp"]  # PLD is the tighter bound
+        assert row["epsilon_paper_accounting"] <= row["paper"]["epsilon"]
+    final = json.loads((tmp_path / "dp_abadi_final_quick.json").read_text())
+    assert set(final["rows"]) == {"1.0", "2.0", "8.0"}
+    for epsilon, row in final["rows"].items():
+        for run in row["runs"]:  # every run spends its target, calibrated
+            assert abs(run["epsilon_rdp"] - float(epsilon)) < 1e-3 * float(epsilon)
