@@ -161,20 +161,29 @@ def _train(
     seed: int,
     evaluations: list[tuple],
     every: int,
+    average_last: int = 0,
 ):
     """DP training by train_epoch; the accuracy on each (name, x, y) of ``evaluations`` every
-    ``every`` epochs and at the end. Returns (state, curves, seconds)."""
+    ``every`` epochs and at the end. With ``average_last`` = k, the parameters scored at the end
+    are the mean of those after each of the last k epochs (Polyak averaging: post-processing of
+    private parameters, so it costs no privacy). Returns (state, curves, seconds)."""
     state = jaxmlp.create_train_state(jax.random.key(seed), sizes, optimizer, options=options)
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     curves: dict[str, list] = {name: [] for name, _, _ in evaluations}
     started = time.perf_counter()
+    total = None
     for epoch in range(1, epochs + 1):
         state, metrics = jaxmlp.train_epoch(state, x_train, y_train, batch_size=lot)
         if int(metrics["diverged_at_step"]) >= 0:
             raise FloatingPointError(f"diverged at epoch {epoch}")
+        if average_last and epoch > epochs - average_last:
+            total = state.params if total is None else jax.tree.map(jnp.add, total, state.params)
         if epoch % every == 0 or epoch == epochs:
+            scored = state
+            if epoch == epochs and total is not None:
+                scored = state.replace(params=jax.tree.map(lambda t: t / average_last, total))
             for name, x, y in evaluations:
-                curves[name].append((epoch, jaxmlp.evaluate(state, x, y)["accuracy"]))
+                curves[name].append((epoch, jaxmlp.evaluate(scored, x, y)["accuracy"]))
     return state, curves, time.perf_counter() - started
 
 
@@ -285,8 +294,12 @@ def reproduce(quick: bool, seeds: list[int]) -> dict:
 TARGETS = (1.0, 2.0, 8.0)
 
 
-def _recipe(name, hidden, lot, epochs, lr, pca=None, sigma_pca=None):
+def _recipe(
+    name, hidden, lot, epochs, lr, pca=None, sigma_pca=None, schedule="cosine", average_last=0
+):
     return {
+        "schedule": schedule,
+        "average_last": average_last,
         "name": name,
         "hidden": hidden,
         "activation": "tanh",
@@ -313,6 +326,18 @@ SEARCH = [
     _recipe("pca40-noisier-pca", (1000,), 2000, 40, 0.5, pca=40, sigma_pca=32.0),
     _recipe("pca40-finer-pca", (1000,), 2000, 40, 0.5, pca=40, sigma_pca=8.0),
     _recipe("pca60-smaller-lot", (1000,), 1000, 60, 0.5, pca=60, sigma_pca=16.0),
+    # Longer runs, for the larger epsilons (added after the first round of the search).
+    _recipe("pca60-160", (1000,), 2000, 160, 0.5, pca=60, sigma_pca=16.0),
+    _recipe("pca60-lot600-100", (1000,), 600, 100, 0.2, pca=60, sigma_pca=16.0),
+    _recipe("pca60-finer-160", (1000,), 2000, 160, 0.5, pca=60, sigma_pca=8.0),
+    # Constant learning rates with the parameters of the last epochs averaged, and the learning
+    # rate itself (a third round, for the smaller epsilons).
+    _recipe("pca40-averaged", (1000,), 2000, 40, 0.5, 40, 16.0, "constant", 10),
+    _recipe("pca40-lr0.25-averaged", (1000,), 2000, 40, 0.25, 40, 16.0, "constant", 10),
+    _recipe("pca40-lr1", (1000,), 2000, 40, 1.0, pca=40, sigma_pca=16.0),
+    _recipe("pca40-lr0.25", (1000,), 2000, 40, 0.25, pca=40, sigma_pca=16.0),
+    _recipe("pca30", (1000,), 2000, 40, 0.5, pca=30, sigma_pca=16.0),
+    _recipe("pca40-wider", (2000,), 2000, 40, 0.5, pca=40, sigma_pca=16.0),
 ]
 """Every recipe: tanh hidden units (Papernot et al. 2021's "tempered sigmoids"), Poisson lots,
 clip 1, SGD with momentum 0.9 and cosine decay, the noise multiplier calibrated per run. Chosen
@@ -363,7 +388,7 @@ def _recipe_run(recipe, epsilon, x_train, y_train, evaluations, seed):
         batch_sampling="poisson",
         gradient="backprop",
     )
-    learning_rate = jaxmlp.schedule("cosine", recipe["lr"], steps)
+    learning_rate = jaxmlp.schedule(recipe.get("schedule", "cosine"), recipe["lr"], steps)
     state, curves, seconds = _train(
         x_train,
         y_train,
@@ -375,6 +400,7 @@ def _recipe_run(recipe, epsilon, x_train, y_train, evaluations, seed):
         seed=seed,
         evaluations=evaluations,
         every=recipe["epochs"],
+        average_last=recipe.get("average_last", 0),
     )
     spent = {
         accountant: composed_epsilon(
@@ -396,27 +422,39 @@ def _recipe_run(recipe, epsilon, x_train, y_train, evaluations, seed):
     }
 
 
-def search(quick: bool) -> dict:
+def search(quick: bool, names: list[str] | None, targets, previous: list[dict]) -> dict:
+    """Every recipe of SEARCH (or those ``names``) at each target epsilon on the validation
+    split; results of earlier runs of the search (``previous``) are kept and merged."""
     ds = common.load("mnist", validation=5000)
     x, y = ds.train.images, ds.train.labels
     if quick:
         x, y = x[:3000], y[:3000]
     evaluations = [("validation", ds.validation.images, ds.validation.labels)]
-    results = []
-    for epsilon in TARGETS:
-        for recipe in SEARCH[::4] if quick else SEARCH:
+    recipes = SEARCH[::4] if quick else SEARCH
+    if names:
+        unknown = sorted(set(names) - {r["name"] for r in SEARCH})
+        if unknown:
+            raise SystemExit(f"unknown recipes {unknown}; known: {[r['name'] for r in SEARCH]}")
+        recipes = [r for r in recipes if r["name"] in names]
+    done = {(r["epsilon_target"], r["recipe"]["name"]) for r in previous}
+    results = list(previous)
+    for epsilon in targets:
+        for recipe in recipes:
+            if (epsilon, recipe["name"]) in done:
+                continue
             recipe = {**recipe, "epochs": 1 if quick else recipe["epochs"]}
             run = _recipe_run(recipe, epsilon, x, y, evaluations, seed=0)
             results.append({"epsilon_target": epsilon, "recipe": recipe, **run})
             print(
-                f"eps {epsilon}: {recipe} -> validation {run['validation']:.4f} "
+                f"eps {epsilon}: {recipe['name']} -> validation {run['validation']:.4f} "
                 f"(sigma {run['noise_multiplier']:.3f}, {run['seconds']:.0f} s)",
                 flush=True,
             )
     best = {}
     for epsilon in TARGETS:
         candidates = [r for r in results if r["epsilon_target"] == epsilon]
-        best[str(epsilon)] = max(candidates, key=lambda r: r["validation"])["recipe"]
+        if candidates:
+            best[str(epsilon)] = max(candidates, key=lambda r: r["validation"])["recipe"]
     return {"results": results, "best": best}
 
 
@@ -452,6 +490,10 @@ def main() -> None:
     def extra(parser):
         parser.add_argument("--part", choices=("reproduce", "search", "final"), required=True)
         parser.add_argument("--seeds", type=int, default=3)
+        parser.add_argument("--recipes", help="search: only these recipes (comma-separated)")
+        parser.add_argument(
+            "--targets", help="search: only these epsilons (comma-separated; default 1,2,8)"
+        )
 
     args = common.arguments(__doc__.split("\n")[0], extra)
     seeds = list(range(1 if args.quick else args.seeds))
@@ -459,7 +501,13 @@ def main() -> None:
     if args.part == "reproduce":
         result = reproduce(args.quick, seeds)
     elif args.part == "search":
-        result = search(args.quick)
+        import json
+
+        path = args.out / f"dp_abadi_search{'_quick' if args.quick else ''}.json"
+        previous = json.loads(path.read_text())["results"] if path.exists() else []
+        targets = [float(t) for t in args.targets.split(",")] if args.targets else TARGETS
+        names = args.recipes.split(",") if args.recipes else None
+        result = search(args.quick, names, targets, previous)
     else:
         import json
 
