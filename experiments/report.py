@@ -215,6 +215,38 @@ def rows():
                         f"`python -m experiments.records --task {task}{options}`",
                     )
                 )
+    r = _load("dp_abadi_reproduce")
+    if r:
+        for name, row in r["rows"].items():
+            paper = row["paper"]
+            out.append(
+                (
+                    "Abadi et al. 2016 (DP-SGD)",
+                    f"{name} (sigma {paper['sigma']:g}, PCA sigma {paper['sigma_pca']:g}, "
+                    f"{row['epochs']} epochs): test accuracy, % at epsilon (delta 1e-5)",
+                    f"{paper['accuracy'] * 100:.0f} at {paper['epsilon']:g}",
+                    f"{_pm(row['test_accuracy'])} at {row['epsilon_paper_accounting']:.2f} "
+                    f"(paper's accounting); RDP {row['epsilon_rdp']:.2f}, PLD "
+                    f"{row['epsilon_pld']:.2f}",
+                    "`python -m experiments.dp_abadi --part reproduce`",
+                )
+            )
+    r = _load("dp_abadi_final")
+    if r:
+        for epsilon, row in r["rows"].items():
+            recipe = row["recipe"]
+            inputs = f"DP-PCA {recipe['pca']}" if recipe.get("pca") else "pixels"
+            out.append(
+                (
+                    "DP-SGD, best plain MLP",
+                    f"test accuracy at epsilon {float(epsilon):g} (delta 1e-5), % ({inputs}, "
+                    f"{recipe['activation']} {'-'.join(map(str, recipe['hidden']))}, lot "
+                    f"{recipe['lot']}, {recipe['epochs']} epochs)",
+                    {"1.0": "90 at 0.5, 95 at 2", "2.0": "95", "8.0": "97"}.get(epsilon, "-"),
+                    _pm(row["test_accuracy"]),
+                    "`python -m experiments.dp_abadi --part final`",
+                )
+            )
     return out
 
 

@@ -394,3 +394,42 @@ def test_fit_refuses_a_bad_delta_before_training():
             dp_delta=2.0,
         )
     assert jaxmlp.training.epoch_program._cache_size() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["shuffle", "poisson"])
+def test_dp_training_over_a_data_parallel_mesh_equals_one_device(sampling, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import json, jax, numpy as np, jaxmlp
+from jaxmlp import sharding
+assert jax.device_count() == 2
+rng = np.random.default_rng(0)
+x = rng.normal(size=(400, 12)).astype(np.float32)
+y = rng.integers(0, 3, 400).astype(np.int32)
+common = dict(optimizer=jaxmlp.optimizer("sgd", 0.2), epochs=2, batch_size=40,
+              dp_clip_norm=1.0, dp_noise_multiplier=0.8, batch_sampling="{sampling}",
+              gradient="backprop")
+alone, history = jaxmlp.fit(jax.random.key(0), (12, 8, 3), x, y, **common)
+split, _ = jaxmlp.fit(jax.random.key(0), (12, 8, 3), x, y,
+                      mesh=sharding.data_parallel_mesh(), **common)
+difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                 for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(split.params)))
+print(json.dumps({{"difference": difference, "epsilon": history[-1]["epsilon"]}}))
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    # The same noise and batches on one device and on two: only summation order differs.
+    assert result["difference"] < 1e-5
+    assert result["epsilon"] > 0
