@@ -246,22 +246,17 @@ def reproduce(quick: bool, seeds: list[int]) -> dict:
             "epsilon_paper_accounting": moments_accountant_epsilon(
                 sigma=config["sigma"], sigma_pca=config["sigma_pca"], steps=steps, q=q, per_step=2
             ),
-            "epsilon_rdp": composed_epsilon(
-                sigma=sigma,
-                sigma_pca=config["sigma_pca"],
-                steps=steps,
-                q=q,
-                per_step=1,
-                accountant="rdp",
-            ),
-            "epsilon_pld": composed_epsilon(
-                sigma=sigma,
-                sigma_pca=config["sigma_pca"],
-                steps=steps,
-                q=q,
-                per_step=1,
-                accountant="pld",
-            ),
+            **{
+                f"epsilon_{accountant}": composed_epsilon(
+                    sigma=sigma,
+                    sigma_pca=config["sigma_pca"],
+                    steps=steps,
+                    q=q,
+                    per_step=1,
+                    accountant=accountant,
+                )
+                for accountant in ("rdp", "pld")
+            },
             "test_accuracy": common.mean_std([r["test_accuracy"] for r in runs]),
             "runs": runs,
         }
