@@ -43,6 +43,7 @@ from jaxmlp.training import (
     fit,
     predict,
     probabilities,
+    steps_per_epoch,
     train_epoch,
     train_step,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "sharding",
     "sigmoid_cross_entropy",
     "softmax",
+    "steps_per_epoch",
     "train_epoch",
     "train_step",
 ]

@@ -48,7 +48,6 @@ def init_mlp(
     init: str = "he",
     init_scale: float = 0.01,
     dtype: Any = jnp.float32,
-    scale: float | None = None,
 ) -> Params:
     """Initialise the parameters of an MLP with the given layer sizes.
 
@@ -62,12 +61,10 @@ def init_mlp(
         every weight and bias this way; set biases to zero afterwards for the other texts).
       init_scale: standard deviation for ``init="normal"``.
       dtype: parameter dtype (``jnp.float64`` needs ``jax_enable_x64``).
-      scale: the former name of ``init_scale`` (deprecated).
 
     Returns:
       A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
     """
-    init_scale = _validation.renamed("scale", scale, "init_scale", init_scale)
     _validation.check_key("key", key)
     sizes = _validation.check_layer_sizes(layer_sizes)
     _validation.check_choice("init", init, INITS)

@@ -14,6 +14,7 @@ Modules, one concern each: ``_options`` (:class:`ModelOptions`), ``_regularizers
 from jaxmlp.training._epoch import check_epoch_arguments as check_epoch_arguments
 from jaxmlp.training._epoch import epoch_program as epoch_program
 from jaxmlp.training._epoch import poisson_plan as poisson_plan
+from jaxmlp.training._epoch import steps_per_epoch as steps_per_epoch
 from jaxmlp.training._epoch import train_epoch as train_epoch
 from jaxmlp.training._evaluate import evaluate as evaluate
 from jaxmlp.training._evaluate import predict as predict

@@ -11,9 +11,26 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jaxmlp import _validation
+from jaxmlp.training._options import BATCH_SAMPLINGS
 from jaxmlp.training._regularizers import check_square_images
 from jaxmlp.training._state import TrainState, check_state
 from jaxmlp.training._step import optimizer_step
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, batch_sampling: str = "shuffle") -> int:
+    """Optimizer steps in one epoch of ``n_examples`` at ``batch_size``: ceil(n / batch_size)
+    shuffled batches (the last one padded), or round(n / batch_size) Poisson-sampled ones
+    (at least one).
+
+    The one rule for the batch plan: :func:`train_epoch` runs this many steps, and a
+    learning-rate schedule over ``epochs * steps_per_epoch(...)`` steps ends on the last one.
+    """
+    n_examples = _validation.check_positive_int("n_examples", n_examples)
+    batch_size = _validation.check_positive_int("batch_size", batch_size)
+    _validation.check_choice("batch_sampling", batch_sampling, BATCH_SAMPLINGS)
+    if batch_sampling == "poisson":
+        return max(1, round(n_examples / batch_size))
+    return -(-n_examples // batch_size)
 
 
 def epoch_plan(n_examples: int, batch_size: int) -> tuple[int, int]:

@@ -136,7 +136,6 @@ def fit(
     options: ModelOptions | None = None,
     dp_delta: float = 1e-5,
     dp_accountant: str = "rdp",
-    scale: float | None = None,
     **model_options: Any,
 ) -> tuple[TrainState, list[Record]]:
     """Train an MLP and return ``(state, history)``.
@@ -173,7 +172,6 @@ def fit(
         gets ``epsilon``: the privacy spent so far at ``dp_delta``, by ``dp_accountant``
         (``"rdp"`` or ``"pld"``, see :mod:`jaxmlp.privacy`), counted from the state's step, so a
         continued state keeps counting. The sampling rate is batch_size / n.
-      scale: the former name of ``init_scale`` (deprecated).
 
     Returns:
       The final state and one record per epoch: ``epoch``, ``loss`` (mean training loss),
@@ -187,7 +185,6 @@ def fit(
       DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
         and its ``history`` the records before it.
     """
-    init_scale = _validation.renamed("scale", scale, "init_scale", init_scale)
     epochs = _validation.check_positive_int("epochs", epochs)
     state = _state_for(
         state,

@@ -96,14 +96,12 @@ class ModelOptions:
         "dropout rate of each hidden layer's output",
         group="reg",
         metavar="RATE",
-        aliases=("dropout",),
     )
     input_dropout_rate: float = option(
         0.0,
         "dropout rate of the input pixels",
         group="reg",
         metavar="RATE",
-        aliases=("input_dropout",),
     )
     max_norm: float | None = option(
         None, "cap on each unit's incoming weight norm", group="reg", metavar="C"

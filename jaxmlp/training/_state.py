@@ -75,7 +75,6 @@ def create_train_state(
     dtype: Any = jnp.float32,
     options: ModelOptions | None = None,
     params: Params | None = None,
-    scale: float | None = None,
 ) -> TrainState:
     """A fresh train state: parameters from :func:`jaxmlp.init_mlp` (or the given ``params``),
     the optimizer's initial state, step 0 and a key for shuffling and dropout split from
@@ -83,9 +82,8 @@ def create_train_state(
 
     Given ``params`` are shared, not copied: nothing in jaxmlp donates or overwrites them, so
     the caller's arrays stay valid (one initialisation can start several runs). ``layer_sizes``
-    must then match them. ``scale`` is the former name of ``init_scale`` (deprecated).
+    must then match them.
     """
-    init_scale = _validation.renamed("scale", scale, "init_scale", init_scale)
     check_optimizer(optimizer)
     _validation.check_key("key", key)
     _validation.check_choice("init", init, INITS)
