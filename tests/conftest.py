@@ -6,8 +6,15 @@ step counts, which that mode rejects.)
 
 import jax
 import pytest
+from cli_support import require_mnist
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def needs_data():
+    """Skip the test when the real MNIST files are not there (fail, under JAXMLP_REQUIRE_DATA)."""
+    require_mnist()
 
 
 @pytest.fixture

@@ -25,11 +25,6 @@ SAMPLES = sorted(ASSETS.glob("*.png")) + sorted(ASSETS.glob("*.jpg"))
 SMALL = small_run(64)
 
 
-@pytest.fixture
-def needs_data():
-    require_mnist()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small run, configured through a TOML file, shared by the read-only tests."""

@@ -38,11 +38,6 @@ SAMPLE = ASSETS / "seven_dark_on_light.png"
 pytestmark = pytest.mark.xdist_group("cli_robustness")
 
 
-@pytest.fixture
-def needs_data():
-    require_mnist()
-
-
 def snapshot(directory: Path) -> dict[str, str]:
     """sha256 of every file under ``directory`` by relative path."""
     return {

@@ -23,11 +23,6 @@ TINY = small_run(16, "--no-plots")
 CHILD_TIMEOUT = 240
 
 
-@pytest.fixture
-def needs_data():
-    require_mnist()
-
-
 def _jaxmlp(*argv) -> list[str]:
     return [sys.executable, "-m", "jaxmlp", *map(str, argv)]
 
