@@ -22,12 +22,13 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from jaxmlp.losses import (
     DATA_LOSSES,
-    batch_of_one,
+    LossOptions,
+    batch_masks,
     check_loss_arguments,
     l2_penalty,
     one_hot_targets,
 )
-from jaxmlp.model import ACTIVATIONS, Params, forward_pass, layer_masks
+from jaxmlp.model import ACTIVATIONS, Params, forward_pass
 
 
 def backprop(
@@ -42,64 +43,58 @@ def backprop(
     input_dropout_rate: float = 0.0,
     key: PRNGKeyArray | None = None,
     weights: Float[Array, "*batch"] | None = None,
-    return_logits: bool = False,
-) -> tuple[Float[Array, ""], Params] | tuple[Float[Array, ""], Params, Array]:
+) -> tuple[Float[Array, ""], Params]:
     """``(loss, grads)`` by the hand-derived backward pass; the same values and pytree as
     ``jax.value_and_grad(jaxmlp.loss)`` with the same arguments (and the same dropout key).
 
     Takes a batch or one example, like :func:`jaxmlp.loss`, and works inside the caller's
-    ``jit`` and ``vmap`` (the options are Python values, static under ``jit``). With
-    ``return_logits=True`` the logits of the forward pass come third: ``(loss, grads, logits)``.
+    ``jit`` and ``vmap`` (the options are Python values, static under ``jit``).
     """
-    batched = check_loss_arguments(
-        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
-    )
-    if not batched:
-        x, labels, weights = batch_of_one(x, labels, weights)
-        value, grads, logits = backprop(
-            params,
-            x,
-            labels,
-            activation=activation,
-            l2=l2,
-            output=output,
-            dropout_rate=dropout_rate,
-            input_dropout_rate=input_dropout_rate,
-            key=key,
-            weights=weights,
-            return_logits=True,
-        )
-        return (value, grads, logits[0]) if return_logits else (value, grads)
-    x = jnp.asarray(x)
-    labels = jnp.asarray(labels)
-    masks = layer_masks(
-        params,
-        x.shape[0],
-        dtype=x.dtype,
-        key=key,
+    options = LossOptions(
+        activation=activation,
+        output=output,
+        l2=l2,
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
     )
-    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=activation)
+    x, labels, weights, _ = check_loss_arguments(params, x, labels, key, weights)
+    value, grads, _ = batch_backprop(options, params, x, labels, key=key, weights=weights)
+    return value, grads
+
+
+def batch_backprop(
+    options: LossOptions,
+    params: Params,
+    x: Array,
+    labels: Array,
+    *,
+    key: PRNGKeyArray | None = None,
+    weights: Array | None = None,
+) -> tuple[Array, Params, Array]:
+    """``(loss, grads, logits)`` of a batch (batch, n_in) by the backward pass above: what
+    :func:`backprop` computes once its arguments are checked; it checks nothing."""
+    masks = batch_masks(options, params, x, key)
+    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
     logits = pre_activations[-1]
-    data_loss = DATA_LOSSES[output](logits, labels, weights=weights)
+    data_loss = DATA_LOSSES[options.output](logits, labels, weights=weights)
+    l2 = options.l2
     loss = data_loss + l2 * l2_penalty(params) if l2 else data_loss
 
-    delta = output_delta(logits, labels, output)
+    delta = output_delta(logits, labels, options.output)
     if weights is None:
         batch = jnp.asarray(x.shape[0], logits.dtype)
     else:
         weights = weights.astype(logits.dtype)
         delta = delta * weights[:, None]
         batch = jnp.maximum(jnp.sum(weights), 1)
-    deltas = backward_pass(params, pre_activations, masks, delta, activation=activation)
+    deltas = backward_pass(params, pre_activations, masks, delta, activation=options.activation)
     grads: Params = []
     for layer, a, d in zip(params, layer_inputs, deltas, strict=True):
         dw = a.T @ d / batch
         if l2:
             dw = dw + l2 * layer["w"]
         grads.append({"w": dw, "b": jnp.sum(d, axis=0) / batch})
-    return (loss, grads, logits) if return_logits else (loss, grads)
+    return loss, grads, logits
 
 
 def output_delta(logits: Array, labels: Array, output: str) -> Array:

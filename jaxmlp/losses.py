@@ -7,13 +7,15 @@ scored exactly without a second compile.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from jaxmlp import _validation
-from jaxmlp.model import ACTIVATIONS, Params, forward
+from jaxmlp.model import ACTIVATIONS, Params, forward_pass, layer_masks
 
 OUTPUTS = ("softmax", "sigmoid")
 """Output layers: softmax with cross-entropy, or sigmoid units with the logistic cost."""
@@ -83,6 +85,30 @@ def l2_penalty(params: Params) -> Float[Array, ""]:
 DATA_LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossOptions:
+    """What the loss of a batch depends on besides the parameters and the data: the options of
+    :func:`loss`, :func:`jaxmlp.backprop` and :mod:`jaxmlp.per_example`, checked once when built.
+
+    Frozen and hashable, so it can be a static argument of ``jax.jit``; the functions that take
+    it (:func:`batch_loss`, :func:`jaxmlp.backprop.batch_backprop`, ...) check nothing more.
+    :attr:`jaxmlp.ModelOptions.loss` is the one a train state's step uses.
+    """
+
+    activation: str = "relu"
+    output: str = "softmax"
+    l2: float = 0.0
+    dropout_rate: float = 0.0
+    input_dropout_rate: float = 0.0
+
+    def __post_init__(self):
+        _validation.check_choice("activation", self.activation, ACTIVATIONS)
+        _validation.check_choice("output", self.output, OUTPUTS)
+        _validation.check_non_negative("l2", self.l2)
+        _validation.check_rate("dropout_rate", self.dropout_rate)
+        _validation.check_rate("input_dropout_rate", self.input_dropout_rate)
+
+
 def loss(
     params: Params,
     x: Float[Array, "*batch features"],
@@ -137,60 +163,61 @@ def loss_and_logits(
     """:func:`loss` and, as an auxiliary output, the logits it scored: for
     ``jax.value_and_grad(loss_and_logits, has_aux=True)``, which gives the loss, its gradients
     and the predictions of one forward pass."""
-    batched = check_loss_arguments(
-        params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
-    )
-    options = dict(
+    options = LossOptions(
         activation=activation,
-        l2=l2,
         output=output,
+        l2=l2,
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
-        key=key,
     )
-    if not batched:
-        x, labels, weights = batch_of_one(x, labels, weights)
-        value, logits = loss_and_logits(params, x, labels, weights=weights, **options)
-        return value, logits[0]
-    logits = forward(
-        params,
-        x,
-        activation=activation,
-        dropout_rate=dropout_rate,
-        input_dropout_rate=input_dropout_rate,
-        key=key,
-    )
-    labels = jnp.asarray(labels)
-    value = DATA_LOSSES[output](logits, labels, weights=weights)
-    if l2:
-        value = value + l2 * l2_penalty(params)
+    x, labels, weights, batched = check_loss_arguments(params, x, labels, key, weights)
+    value, logits = batch_loss(options, params, x, labels, key=key, weights=weights)
+    return value, logits if batched else logits[0]
+
+
+def batch_loss(
+    options: LossOptions,
+    params: Params,
+    x: Array,
+    labels: Array,
+    *,
+    key: PRNGKeyArray | None = None,
+    weights: Array | None = None,
+) -> tuple[Array, Array]:
+    """``(loss, logits)`` of a batch (batch, n_in): what :func:`loss_and_logits` computes once
+    its arguments are checked; it checks nothing. The dropout masks are
+    :func:`batch_masks`' for ``key``."""
+    masks = batch_masks(options, params, x, key)
+    _, pre_activations = forward_pass(params, x, masks, activation=options.activation)
+    logits = pre_activations[-1]
+    value = DATA_LOSSES[options.output](logits, labels, weights=weights)
+    if options.l2:
+        value = value + options.l2 * l2_penalty(params)
     return value, logits
 
 
-def batch_of_one(x, labels, weights):
-    """One example ``(features,)``, its label and weight as a batch of one."""
-    return (
-        jnp.asarray(x)[None],
-        jnp.asarray(labels)[None],
-        None if weights is None else jnp.asarray(weights)[None],
+def batch_masks(options: LossOptions, params: Params, x: Array, key) -> list[Array | None]:
+    """The dropout masks of a forward pass over the batch ``x`` with these options and ``key``
+    (:func:`jaxmlp.model.layer_masks`; no masks without a key)."""
+    return layer_masks(
+        params,
+        x.shape[0],
+        dtype=x.dtype,
+        key=key,
+        dropout_rate=options.dropout_rate,
+        input_dropout_rate=options.input_dropout_rate,
     )
 
 
-def check_loss_arguments(
-    params, x, labels, activation, l2, output, dropout_rate, input_dropout_rate, key, weights
-) -> bool:
-    """The boundary checks shared by :func:`loss` and :func:`jaxmlp.backprop`; returns whether
-    ``x`` is a batch (else one example)."""
+def check_loss_arguments(params, x, labels, key, weights):
+    """The boundary checks of the data a loss is computed on (the options check themselves in
+    :class:`LossOptions`): ``(x, labels, weights, batched)`` as arrays, one example made a
+    batch of one, and whether ``x`` was a batch."""
     _validation.check_params(params)
     batched = _validation.check_inputs(params, x)
     _validation.check_labels(
         labels, np.shape(x)[0] if batched else None, np.shape(params[-1]["w"])[1]
     )
-    _validation.check_choice("activation", activation, ACTIVATIONS)
-    _validation.check_choice("output", output, OUTPUTS)
-    _validation.check_non_negative("l2", l2)
-    _validation.check_rate("dropout_rate", dropout_rate)
-    _validation.check_rate("input_dropout_rate", input_dropout_rate)
     _validation.check_key("key", key, optional=True)
     if weights is not None:
         expected = (np.shape(x)[0],) if batched else ()
@@ -199,4 +226,9 @@ def check_loss_arguments(
                 f"weights has shape {tuple(np.shape(weights))}; expected {expected}, one weight "
                 "per example of x"
             )
-    return batched
+        weights = jnp.asarray(weights)
+    x, labels = jnp.asarray(x), jnp.asarray(labels)
+    if not batched:
+        x, labels = x[None], labels[None]
+        weights = None if weights is None else weights[None]
+    return x, labels, weights, batched

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import _validation, training
-from jaxmlp.model import forward
-from jaxmlp.training import TrainState, check_epoch_arguments, check_state
+from jaxmlp import _validation
+from jaxmlp.training._epoch import check_epoch_arguments, epoch_program, run_epoch
+from jaxmlp.training._evaluate import evaluation, logits_of
+from jaxmlp.training._state import TrainState, check_state
 
 
 def stack_states(states: Sequence[TrainState]) -> TrainState:
@@ -95,7 +96,7 @@ def first_model(states: TrainState) -> TrainState:
 @functools.partial(jax.jit, static_argnames="batch_size")
 def stacked_epoch_program(states: TrainState, images, labels, batch_size: int):
     def one(state):
-        return training.train_epoch(state, images, labels, batch_size=batch_size)
+        return run_epoch(state, images, labels, batch_size, None, 50, None)
 
     return jax.vmap(one)(states)
 
@@ -117,7 +118,7 @@ def train_epoch(
     first = first_model(states)
     images, labels, batch_size = check_epoch_arguments(first, images, labels, batch_size, None)
     if count(states) == 1:
-        state, metrics = training.train_epoch(first, images, labels, batch_size=batch_size)
+        state, metrics = epoch_program(first, images, labels, batch_size, None, 50, None)
         return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
     return stacked_epoch_program(states, images, labels, batch_size)
 
@@ -125,7 +126,7 @@ def train_epoch(
 @functools.partial(jax.jit, static_argnames=("options", "batch_size"))
 def _evaluate_many(params, images, labels, options, batch_size: int):
     def one(p):
-        scores = training.evaluate(p, images, labels, options=options, batch_size=batch_size)
+        scores = evaluation(p, images, labels, options, batch_size)
         return scores["loss"], scores["correct"]
 
     return jax.vmap(one)(params)
@@ -149,7 +150,7 @@ def evaluate(states: TrainState, images, labels, *, batch_size: int = 2048) -> d
 
 @functools.partial(jax.jit, static_argnames="activation")
 def _logits_many(params, x, activation: str):
-    return jax.vmap(lambda p: forward(p, x, activation=activation))(params)
+    return jax.vmap(lambda p: logits_of(p, x, activation))(params)
 
 
 def predict_logits(states: TrainState, images, *, batch_size: int = 2048) -> np.ndarray:

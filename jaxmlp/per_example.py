@@ -22,80 +22,53 @@ every example and is not clipped), so it is left out. Dropout uses the masks tha
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from jaxmlp import _validation
 from jaxmlp.backprop import backward_pass, output_delta
-from jaxmlp.losses import DATA_LOSSES, check_loss_arguments
-from jaxmlp.model import Params, forward_pass, layer_masks
+from jaxmlp.losses import DATA_LOSSES, LossOptions, batch_masks, check_loss_arguments
+from jaxmlp.model import Params, forward_pass
 
 METHODS = ("autodiff", "backprop")
 """How per-example gradients are computed: ``jax.vmap(jax.grad)``, or by hand from the deltas."""
 
 
-def _prepared(params, x, labels, method, options, key):
-    """Checks, then (x, labels, masks) as a batch; ``batched`` says whether x was one."""
+def _checked(params, x, labels, key, method, **loss_options):
+    """The boundary of the public functions below: ``(options, x, labels)`` with ``x`` a batch
+    (one example becomes a batch of one)."""
+    options = LossOptions(**loss_options)
     _validation.check_choice("method", method, METHODS)
-    batched = check_loss_arguments(
-        params,
-        x,
-        labels,
-        options["activation"],
-        0.0,
-        options["output"],
-        options["dropout_rate"],
-        options["input_dropout_rate"],
-        key,
-        None,
-    )
-    x, labels = jnp.asarray(x), jnp.asarray(labels)
-    if not batched:
-        x, labels = x[None], labels[None]
-    masks = layer_masks(
-        params,
-        x.shape[0],
-        dtype=x.dtype,
-        key=key,
-        dropout_rate=options["dropout_rate"],
-        input_dropout_rate=options["input_dropout_rate"],
-    )
-    return x, labels, masks, batched
+    x, labels, _, _ = check_loss_arguments(params, x, labels, key, None)
+    return options, x, labels
 
 
-def _layer_terms(params, x, labels, masks, activation, output):
+def _layer_terms(options: LossOptions, params, x, labels, masks):
     """(layer inputs, deltas of each example's own loss, logits) of one forward and one
     backward pass."""
-    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=activation)
+    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
     logits = pre_activations[-1]
-    delta = output_delta(logits, labels, output)
-    deltas = backward_pass(params, pre_activations, masks, delta, activation=activation)
+    delta = output_delta(logits, labels, options.output)
+    deltas = backward_pass(params, pre_activations, masks, delta, activation=options.activation)
     return layer_inputs, deltas, logits
 
 
-def _autodiff_grads(params, x, labels, masks, activation, output):
+def _autodiff_grads(options: LossOptions, params, x, labels, masks):
     """(per-example gradients, logits) by ``jax.vmap(jax.grad)``, each example under its own row
     of the batch's dropout masks."""
 
     def one(x_i, y_i, masks_i):
         def data_loss(p):
             batch_masks = [None if m is None else m[None] for m in masks_i]
-            _, pre = forward_pass(p, x_i[None], batch_masks, activation=activation)
-            return DATA_LOSSES[output](pre[-1], y_i[None]), pre[-1][0]
+            _, pre = forward_pass(p, x_i[None], batch_masks, activation=options.activation)
+            return DATA_LOSSES[options.output](pre[-1], y_i[None]), pre[-1][0]
 
         return jax.grad(data_loss, has_aux=True)(params)
 
     return jax.vmap(one)(x, labels, masks)
-
-
-def _options(activation, output, dropout_rate, input_dropout_rate):
-    return {
-        "activation": activation,
-        "output": output,
-        "dropout_rate": dropout_rate,
-        "input_dropout_rate": input_dropout_rate,
-    }
 
 
 def per_example_grads(
@@ -120,11 +93,21 @@ def per_example_grads(
     :func:`jaxmlp.loss`; with ``key`` the dropout masks are those ``loss`` draws with that key.
     Works inside the caller's ``jit`` and ``vmap``.
     """
-    options = _options(activation, output, dropout_rate, input_dropout_rate)
-    x, labels, masks, _ = _prepared(params, x, labels, method, options, key)
+    options, x, labels = _checked(
+        params,
+        x,
+        labels,
+        key,
+        method,
+        activation=activation,
+        output=output,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+    )
+    masks = batch_masks(options, params, x, key)
     if method == "autodiff":
-        return _autodiff_grads(params, x, labels, masks, activation, output)[0]
-    layer_inputs, deltas, _ = _layer_terms(params, x, labels, masks, activation, output)
+        return _autodiff_grads(options, params, x, labels, masks)[0]
+    layer_inputs, deltas, _ = _layer_terms(options, params, x, labels, masks)
     return [
         {"w": jnp.einsum("bi,bo->bio", a, d), "b": d}
         for a, d in zip(layer_inputs, deltas, strict=True)
@@ -163,11 +146,21 @@ def per_example_grad_norms(
     layer inputs and deltas alone: no per-example gradient is materialised. With
     ``method="autodiff"`` it is the norm of :func:`per_example_grads`.
     """
-    options = _options(activation, output, dropout_rate, input_dropout_rate)
-    x, labels, masks, _ = _prepared(params, x, labels, method, options, key)
+    options, x, labels = _checked(
+        params,
+        x,
+        labels,
+        key,
+        method,
+        activation=activation,
+        output=output,
+        dropout_rate=dropout_rate,
+        input_dropout_rate=input_dropout_rate,
+    )
+    masks = batch_masks(options, params, x, key)
     if method == "autodiff":
-        return _norms_of(_autodiff_grads(params, x, labels, masks, activation, output)[0])
-    layer_inputs, deltas, _ = _layer_terms(params, x, labels, masks, activation, output)
+        return _norms_of(_autodiff_grads(options, params, x, labels, masks)[0])
+    layer_inputs, deltas, _ = _layer_terms(options, params, x, labels, masks)
     return _norms_from_terms(layer_inputs, deltas)
 
 
@@ -176,43 +169,53 @@ def clip_factors(norms: Array, clip_norm: float) -> Array:
     return jnp.minimum(1.0, clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
 
 
+class ClippedSum(NamedTuple):
+    """What :func:`clipped_grad_sum` returns: the clipped sum and what it was computed from."""
+
+    total: Params
+    """sum_i w_i clip_C(g_i), shaped like the parameters."""
+    norms: Array
+    """(batch,) each example's unclipped global gradient norm ||g_i||."""
+    loss: Array
+    """The (weighted) mean data loss of the batch, without the L2 term."""
+    logits: Array
+    """(batch, classes) the logits of the forward pass."""
+
+
 def clipped_grad_sum(
+    options: LossOptions,
     params: Params,
-    x: Float[Array, "batch features"],
-    labels: Int[Array, " batch"] | Float[Array, "batch classes"],
+    x: Array,
+    labels: Array,
     *,
     clip_norm: float,
     method: str = "backprop",
-    activation: str = "relu",
-    output: str = "softmax",
-    dropout_rate: float = 0.0,
-    input_dropout_rate: float = 0.0,
     key: PRNGKeyArray | None = None,
-    weights: Float[Array, " batch"] | None = None,
-) -> tuple[Params, dict[str, Array]]:
-    """``sum_i w_i clip_C(g_i)`` with ``clip_C(g) = g * min(1, C / ||g||)`` over the global
-    norm, and what it was computed from: ``{"norms": (batch,), "loss": the mean data loss,
-    "logits": (batch, classes)}``. ``weights`` (0 or 1) drop padding examples.
+    weights: Array | None = None,
+) -> ClippedSum:
+    """``sum_i w_i clip_C(g_i)`` with ``clip_C(g) = g * min(1, C / ||g||)`` over the global norm
+    of each example's data-loss gradient, over a batch ``x`` (batch, n_in), with what it was
+    computed from. ``weights`` (0 or 1) drop padding examples; ``options.l2`` is not used (the
+    L2 term belongs to the batch). The DP-SGD step of a train state calls this with its checked
+    options; it checks nothing.
 
     ``method="backprop"``: one forward and one backward pass give the deltas, their norms give
     the factors c_i, and the sum is a^T (c * delta) per layer (the deltas reweighted; no
     per-example gradient is materialised). ``method="autodiff"`` clips and sums
     ``jax.vmap(jax.grad)``'s per-example gradients. The two agree to rounding.
     """
-    _validation.check_positive("clip_norm", clip_norm)
-    options = _options(activation, output, dropout_rate, input_dropout_rate)
-    x, labels, masks, batched = _prepared(params, x, labels, method, options, key)
+    masks = batch_masks(options, params, x, key)
     if weights is not None:
-        weights = jnp.asarray(weights).reshape(x.shape[0]).astype(x.dtype)
+        weights = weights.astype(x.dtype)
     if method == "autodiff":
-        grads, logits = _autodiff_grads(params, x, labels, masks, activation, output)
+        grads, logits = _autodiff_grads(options, params, x, labels, masks)
         norms = _norms_of(grads)
         factors = clip_factors(norms, clip_norm)
         if weights is not None:
             factors = factors * weights
         total = jax.tree.map(lambda g: jnp.tensordot(factors, g, axes=1), grads)
     else:
-        layer_inputs, deltas, logits = _layer_terms(params, x, labels, masks, activation, output)
+        layer_inputs, deltas, logits = _layer_terms(options, params, x, labels, masks)
         norms = _norms_from_terms(layer_inputs, deltas)
         factors = clip_factors(norms, clip_norm)
         if weights is not None:
@@ -221,5 +224,5 @@ def clipped_grad_sum(
             {"w": a.T @ (factors[:, None] * d), "b": factors @ d}
             for a, d in zip(layer_inputs, deltas, strict=True)
         ]
-    loss = DATA_LOSSES[output](logits, labels, weights=weights)
-    return total, {"norms": norms, "loss": loss, "logits": logits if batched else logits[0]}
+    loss = DATA_LOSSES[options.output](logits, labels, weights=weights)
+    return ClippedSum(total, norms, loss, logits)

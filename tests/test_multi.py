@@ -7,7 +7,6 @@ import pytest
 
 import jaxmlp
 import jaxmlp.multi
-from jaxmlp import training
 
 
 def _data(n=300, features=20, classes=4, seed=0):
@@ -130,7 +129,6 @@ def test_an_unstacked_state_or_bad_data_is_refused_before_compiling():
     with pytest.raises(ValueError):
         jaxmlp.multi.train_epoch(stacked, x[:, :10], y, batch_size=10)
     assert jaxmlp.multi.stacked_epoch_program._cache_size() == before
-    assert training.epoch_program is not None
 
 
 def test_logits_of_no_images_are_empty_and_non_states_are_refused():

@@ -16,6 +16,8 @@ from dp_accounting import pld, rdp
 
 import jaxmlp
 from jaxmlp import per_example, privacy
+from jaxmlp.losses import LossOptions
+from jaxmlp.training import _epoch
 
 SIZES = (7, 6, 5, 4)
 
@@ -143,15 +145,15 @@ def test_the_clipped_sum_clips_each_example_and_skips_masked_ones(x64, method):
     norms = np.asarray(jaxmlp.per_example_grad_norms(params, x, labels))
     clip = float(np.median(norms))  # about half the examples are clipped
     weights = jnp.asarray([1, 1, 1, 1, 1, 1, 1, 0, 0], jnp.float64)
-    total, info = per_example.clipped_grad_sum(
-        params, x, labels, clip_norm=clip, method=method, weights=weights
+    total, norms_used, _, _ = per_example.clipped_grad_sum(
+        LossOptions(), params, x, labels, clip_norm=clip, method=method, weights=weights
     )
     factors = np.minimum(1.0, clip / norms) * np.asarray(weights)
     expected = jax.tree.map(lambda g: np.tensordot(factors, np.asarray(g), axes=1), per)
     chex.assert_trees_all_close(total, expected, atol=1e-12, rtol=1e-10)
     clipped_norms = norms * np.minimum(1.0, clip / norms)
     assert np.all(clipped_norms <= clip * (1 + 1e-12)) and np.any(norms > clip)
-    np.testing.assert_allclose(info["norms"], norms, rtol=1e-10)
+    np.testing.assert_allclose(norms_used, norms, rtol=1e-10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +239,10 @@ def test_poisson_batches_have_the_expected_size_and_every_epoch_counts_its_examp
     assert int(state.step) == 5 * 20
     # 100 expected per batch; the mean of 100 batches has a standard deviation of about 1.
     assert 96 < np.mean(sizes) < 104
-    steps, capacity = jaxmlp.training.poisson_plan(2000, 100)
+    steps, capacity = (
+        jaxmlp.steps_per_epoch(2000, 100, "poisson"),
+        _epoch.poisson_capacity(2000, 100),
+    )
     assert steps == 20 and 100 < capacity < 2000
 
 
@@ -363,23 +368,23 @@ def test_the_calibrated_noise_multiplier_spends_the_target_epsilon():
             "method='finite-differences'.*autodiff, backprop",
         ),
         (
-            lambda: per_example.clipped_grad_sum(*_problem(jnp.float32), clip_norm=0.0),
+            lambda: jaxmlp.ModelOptions(dp_clip_norm=0.0),
             ValueError,
-            "clip_norm=0.0",
+            "dp_clip_norm=0.0",
         ),
     ],
 )
 def test_bad_privacy_input_is_refused_with_a_clear_message(call, error, message):
-    before = jaxmlp.training.epoch_program._cache_size()
+    before = _epoch.epoch_program._cache_size()
     with pytest.raises(error, match=message):
         call()
-    assert jaxmlp.training.epoch_program._cache_size() == before
+    assert _epoch.epoch_program._cache_size() == before
 
 
 def test_fit_refuses_a_bad_delta_before_training():
     x = np.zeros((10, 4), np.float32)
     y = np.zeros(10, np.int32)
-    before = jaxmlp.training.epoch_program._cache_size()
+    before = _epoch.epoch_program._cache_size()
     with pytest.raises(ValueError, match="delta=2.0 is invalid"):
         jaxmlp.fit(
             jax.random.key(0),
@@ -393,7 +398,7 @@ def test_fit_refuses_a_bad_delta_before_training():
             dp_noise_multiplier=1.0,
             dp_delta=2.0,
         )
-    assert jaxmlp.training.epoch_program._cache_size() == before
+    assert _epoch.epoch_program._cache_size() == before
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxmlp
-from jaxmlp import training
+from jaxmlp.training import _epoch, _regularizers
 
 
 def _separable(n=200, features=2, seed=0):
@@ -103,10 +103,10 @@ def test_public_train_epoch_reuses_its_compiled_program():
     x, y = _blobs(64, 3, 2)
     state = jaxmlp.create_train_state(jax.random.key(0), (3, 5, 2), jaxmlp.optimizer("sgd", 0.1))
     state, _ = jaxmlp.train_epoch(state, x, y, batch_size=16)
-    before = training.epoch_program._cache_size()
+    before = _epoch.epoch_program._cache_size()
     for _ in range(3):
         state, _ = jaxmlp.train_epoch(state, x, y, batch_size=16)
-    assert training.epoch_program._cache_size() == before
+    assert _epoch.epoch_program._cache_size() == before
 
 
 def test_every_example_is_used_once_per_epoch():
@@ -222,7 +222,7 @@ def test_max_norm_bounds_incoming_weight_vectors():
 def test_shift_augmentation_moves_pixels_and_keeps_shape():
     image = np.zeros((1, 36), np.float32)
     image[0, 3 * 6 + 3] = 1.0  # one bright pixel in a 6 x 6 image
-    shifted = training.shift_images(jnp.asarray(np.repeat(image, 50, 0)), jax.random.key(0), 1)
+    shifted = _regularizers.shift_images(jnp.asarray(np.repeat(image, 50, 0)), jax.random.key(0), 1)
     chex.assert_shape(shifted, (50, 36))
     positions = {int(np.argmax(row)) for row in np.asarray(shifted)}
     assert positions <= {r * 6 + c for r in (2, 3, 4) for c in (2, 3, 4)}
@@ -233,7 +233,7 @@ def test_shift_augmentation_moves_pixels_and_keeps_shape():
 def test_affine_augmentation_without_rotation_or_zoom_is_an_exact_whole_pixel_shift():
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.random((40, 64), np.float32))
-    out = np.asarray(training.affine_images(images, jax.random.key(1), 2, 0.0, 0.0))
+    out = np.asarray(_regularizers.affine_images(images, jax.random.key(1), 2, 0.0, 0.0))
     # Each output must equal its input shifted by some (dr, dc) in [-2, 2]^2 with edge fill.
     originals = np.asarray(images).reshape(40, 8, 8)
     for image, moved in zip(originals, out.reshape(40, 8, 8), strict=True):
@@ -252,7 +252,7 @@ def test_affine_augmentation_rotates_about_the_centre_and_keeps_the_ink():
     image = np.zeros((side, side), np.float32)
     image[4:24, 13:15] = 1.0  # a vertical bar through the centre
     images = jnp.asarray(np.repeat(image.reshape(1, -1), 64, 0))
-    out = np.asarray(training.affine_images(images, jax.random.key(0), 0, 30.0, 0.0))
+    out = np.asarray(_regularizers.affine_images(images, jax.random.key(0), 0, 30.0, 0.0))
     chex.assert_shape(out, (64, side * side))
     assert np.all(np.isfinite(out)) and out.min() >= 0 and out.max() <= 1 + 1e-6
     # Rotation about the centre keeps the bar's mass (bilinear resampling, nothing crosses the
@@ -265,7 +265,7 @@ def test_affine_augmentation_rotates_about_the_centre_and_keeps_the_ink():
     off_band = out.reshape(64, side, side)[:, :, :12].sum(axis=(1, 2))
     assert np.mean(off_band > 1.0) > 0.5
     # Zoom only, by s in [0.8, 1.2]: the bar's length and width both scale by s, its mass by s^2.
-    zoomed = np.asarray(training.affine_images(images, jax.random.key(2), 0, 0.0, 0.2))
+    zoomed = np.asarray(_regularizers.affine_images(images, jax.random.key(2), 0, 0.0, 0.2))
     s = np.sqrt(zoomed.sum(axis=1) / image.sum())
     assert 0.75 < s.min() < 0.92 and 1.08 < s.max() < 1.27  # (pixel rounding of a thin bar)
 
@@ -358,9 +358,7 @@ def test_virtual_adversarial_direction_raises_the_divergence_more_than_random_di
     options = jaxmlp.ModelOptions(vat_epsilon=eps)
     x = jnp.asarray(x)
     logits = jaxmlp.forward(params, x)
-    vat, grads = training.vat_loss_and_grads(
-        params, x, logits, options=options, key=jax.random.key(1)
-    )
+    vat, grads = _regularizers.vat_loss_and_grads(options, params, x, logits, key=jax.random.key(1))
     chex.assert_trees_all_equal_shapes(grads, params)
 
     def divergence(r):  # per example, the model's clean softmax held fixed
@@ -385,8 +383,8 @@ def test_virtual_adversarial_training_makes_the_model_smoother_and_adds_its_term
     def virtual_adversarial_divergence(params):
         options = jaxmlp.ModelOptions(vat_epsilon=3.0)
         inputs = jnp.asarray(x)
-        value, _ = training.vat_loss_and_grads(
-            params, inputs, jaxmlp.forward(params, inputs), options=options, key=jax.random.key(9)
+        value, _ = _regularizers.vat_loss_and_grads(
+            options, params, inputs, jaxmlp.forward(params, inputs), key=jax.random.key(9)
         )
         return float(value)
 
@@ -407,8 +405,8 @@ def test_virtual_adversarial_term_scores_the_dropped_out_network_the_step_trains
     logits = jaxmlp.forward(params, x, dropout_rate=0.5, input_dropout_rate=0.2, key=key)
 
     def divergence(dropout_key):
-        value, _ = training.vat_loss_and_grads(
-            params, x, logits, options=options, key=jax.random.key(4), dropout_key=dropout_key
+        value, _ = _regularizers.vat_loss_and_grads(
+            options, params, x, logits, key=jax.random.key(4), dropout_key=dropout_key
         )
         return float(value)
 

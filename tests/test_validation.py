@@ -118,14 +118,14 @@ def test_augmentation_needs_square_images():
 
 def test_errors_are_raised_before_any_compile():
     # A refused call must not reach jit: the compiled-program cache of the epoch stays as it was.
-    from jaxmlp import training
+    from jaxmlp.training import _epoch
 
-    before = training.epoch_program._cache_size()
+    before = _epoch.epoch_program._cache_size()
     with pytest.raises(ValueError):
         _fit(batch_size=0)
     with pytest.raises(ValueError):
         _fit(x=np.full((5, 4), np.inf, np.float32))
-    assert training.epoch_program._cache_size() == before
+    assert _epoch.epoch_program._cache_size() == before
 
 
 def test_inputs_are_not_modified():

@@ -11,9 +11,6 @@ Modules, one concern each: ``_options`` (:class:`ModelOptions`), ``_regularizers
 (:class:`TrainState`), ``_step``, ``_epoch``, ``_evaluate`` and ``_fit``.
 """
 
-from jaxmlp.training._epoch import check_epoch_arguments as check_epoch_arguments
-from jaxmlp.training._epoch import epoch_program as epoch_program
-from jaxmlp.training._epoch import poisson_plan as poisson_plan
 from jaxmlp.training._epoch import steps_per_epoch as steps_per_epoch
 from jaxmlp.training._epoch import train_epoch as train_epoch
 from jaxmlp.training._evaluate import evaluate as evaluate
@@ -21,16 +18,9 @@ from jaxmlp.training._evaluate import predict as predict
 from jaxmlp.training._evaluate import probabilities as probabilities
 from jaxmlp.training._fit import DivergenceError as DivergenceError
 from jaxmlp.training._fit import fit as fit
+from jaxmlp.training._options import BATCH_SAMPLINGS as BATCH_SAMPLINGS
 from jaxmlp.training._options import GRADIENTS as GRADIENTS
 from jaxmlp.training._options import ModelOptions as ModelOptions
-from jaxmlp.training._regularizers import adversarial_loss_and_grads as adversarial_loss_and_grads
-from jaxmlp.training._regularizers import affine_images as affine_images
-from jaxmlp.training._regularizers import augment_images as augment_images
-from jaxmlp.training._regularizers import clip_max_norm as clip_max_norm
-from jaxmlp.training._regularizers import shift_images as shift_images
-from jaxmlp.training._regularizers import vat_loss_and_grads as vat_loss_and_grads
 from jaxmlp.training._state import TrainState as TrainState
-from jaxmlp.training._state import check_state as check_state
 from jaxmlp.training._state import create_train_state as create_train_state
-from jaxmlp.training._step import loss_and_grads as loss_and_grads
 from jaxmlp.training._step import train_step as train_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +34,6 @@ def steps_per_epoch(n_examples: int, batch_size: int, batch_sampling: str = "shu
     return -(-n_examples // batch_size)
 
 
-def epoch_plan(n_examples: int, batch_size: int) -> tuple[int, int]:
-    """``(steps, padded)``: the number of minibatches of an epoch and the examples they hold
-    (the last batch is padded up to ``batch_size``)."""
-    steps = -(-n_examples // batch_size)
-    return steps, steps * batch_size
-
-
 def constrain_batch(mesh, *arrays):
     """Shard each array's leading (batch) axis over the mesh's ``data`` axis; the compiler then
     splits the step's work across devices and inserts the all-reduce of the gradients."""
@@ -52,112 +46,119 @@ def constrain_batch(mesh, *arrays):
     )
 
 
-def poisson_plan(n_examples: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
-    """``(steps, capacity)`` of a Poisson-sampled epoch: round(n / batch_size) steps, each
-    batch padded to ``capacity`` = the expected size + 7 standard deviations (a multiple of
-    ``devices``), which a binomial batch exceeds with probability below 1e-11."""
-    steps = max(1, round(n_examples / batch_size))
+class Batches(NamedTuple):
+    """How an epoch draws its batches: ``steps`` of them, ``draw(step)`` giving a step's
+    example indices, their weights (None: all count) and how many examples were drawn (None:
+    all that are indexed), and the ``lot_size`` a DP-SGD step divides by (None: the batch's
+    own weight)."""
+
+    steps: int
+    draw: Callable[[Array], tuple[Array, Array | None, Array | None]]
+    lot_size: int | None
+
+
+def shuffled_batches(key, n_examples: int, batch_size: int, dtype) -> Batches:
+    """A shuffled order of all examples cut into :func:`steps_per_epoch` batches; the last one
+    is filled with copies of example 0 carrying weight 0, so that every example is used exactly
+    once and the shapes stay static."""
+    steps = steps_per_epoch(n_examples, batch_size)
+    padded = steps * batch_size
+    order = jax.random.permutation(key, n_examples)
+    ragged = padded != n_examples
+    if ragged:
+        order = jnp.concatenate([order, jnp.zeros(padded - n_examples, order.dtype)])
+        valid = (jnp.arange(padded) < n_examples).astype(dtype)
+    order = order.reshape(steps, batch_size)
+
+    def draw(index):
+        weights = valid[index * batch_size + jnp.arange(batch_size)] if ragged else None
+        return order[index], weights, None
+
+    return Batches(steps, draw, None)
+
+
+def poisson_capacity(n_examples: int, batch_size: int, devices: int = 1) -> int:
+    """The fixed size a Poisson batch is padded to: the expected size + 7 standard deviations
+    (a multiple of ``devices``), which a binomial batch exceeds with probability below 1e-11."""
     rate = batch_size / n_examples
     spread = math.sqrt(n_examples * rate * (1 - rate))
     capacity = min(n_examples, math.ceil(batch_size + 7 * spread) + 1)
-    return steps, -(-capacity // devices) * devices
+    return -(-capacity // devices) * devices
 
 
-def _epoch(state: TrainState, images, labels, batch_size: int, progress, progress_every, mesh):
-    if state.options.batch_sampling == "poisson":
-        return _poisson_epoch(state, images, labels, batch_size, progress, progress_every, mesh)
+def poisson_batches(key, n_examples: int, batch_size: int, dtype, devices: int) -> Batches:
+    """:func:`steps_per_epoch` Poisson-sampled batches: each step takes every example
+    independently with probability batch_size / n; the batch is padded to
+    :func:`poisson_capacity` and masked, and its DP gradient is divided by ``batch_size``."""
+    steps = steps_per_epoch(n_examples, batch_size, "poisson")
+    capacity = poisson_capacity(n_examples, batch_size, devices)
+    rate = batch_size / n_examples
+
+    def draw(index):
+        included = jax.random.bernoulli(jax.random.fold_in(key, index), rate, (n_examples,))
+        count = jnp.sum(included)
+        (batch,) = jnp.nonzero(included, size=capacity, fill_value=0)
+        return batch, (jnp.arange(capacity) < count).astype(dtype), count
+
+    return Batches(steps, draw, batch_size)
+
+
+def run_epoch(state: TrainState, images, labels, batch_size: int, progress, progress_every, mesh):
+    """One epoch's ``lax.scan`` over its batches; the body is the same for every way of
+    drawing them (:class:`Batches`). No argument checks (see :func:`train_epoch`)."""
     n_examples = images.shape[0]
-    steps, padded = epoch_plan(n_examples, batch_size)
-    epoch_key, shuffle_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
-    order = jax.random.permutation(shuffle_key, n_examples)
-    ragged = padded != n_examples
-    if ragged:
-        # The last batch is filled with copies of example 0 carrying weight 0: every example is
-        # used exactly once and the shapes stay static.
-        order = jnp.concatenate([order, jnp.zeros(padded - n_examples, order.dtype)])
-        valid = (jnp.arange(padded) < n_examples).astype(images.dtype)
-    order = order.reshape(steps, batch_size)
+    epoch_key, draw_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+    poisson = state.options.batch_sampling == "poisson"
+    if poisson:
+        devices = 1 if mesh is None else mesh.shape["data"]
+        batches = poisson_batches(draw_key, n_examples, batch_size, images.dtype, devices)
+    else:
+        batches = shuffled_batches(draw_key, n_examples, batch_size, images.dtype)
+    steps = batches.steps
 
     def body(carry, index):
         state, diverged_at = carry
-        batch = order[index]
-        weights = valid[index * batch_size + jnp.arange(batch_size)] if ragged else None
+        batch, weights, drawn = batches.draw(index)
         x, y, weights = constrain_batch(mesh, images[batch], labels[batch], weights)
         step_key = jax.random.fold_in(epoch_key, index) if state.options.needs_key else None
-        state, loss, correct, finite = optimizer_step(state, x, y, weights, step_key)
+        state, loss, correct, finite = optimizer_step(
+            state, x, y, weights, step_key, lot_size=batches.lot_size
+        )
         # Only the first non-finite step is recorded: guarding every update with a select over
         # the whole state would cost 17% of a CPU epoch and 42% of a GPU one. The state from
         # before the epoch is the one to fall back on (fit keeps it).
         diverged_at = jnp.where((diverged_at < 0) & ~finite, index, diverged_at)
-        count = jnp.sum(weights) if ragged else jnp.asarray(batch_size, images.dtype)
         if progress is not None:
             jax.lax.cond(
                 (index + 1) % progress_every == 0,
                 lambda: jax.debug.callback(progress, index + 1, steps),
                 lambda: None,
             )
-        return (state, diverged_at), (loss * count, correct, count)
+        count = jnp.asarray(batch_size, images.dtype) if weights is None else jnp.sum(weights)
+        sums = (loss * count, correct, count)
+        if drawn is not None:  # examples drawn beyond the batch's capacity
+            sums = (*sums, drawn - count.astype(drawn.dtype))
+        return (state, diverged_at), sums
 
-    (state, diverged_at), (loss_sums, correct, counts) = jax.lax.scan(
+    (state, diverged_at), sums = jax.lax.scan(
         body, (state, jnp.asarray(-1, jnp.int32)), jnp.arange(steps)
     )
+    loss_sums, correct, counts = sums[:3]
     state = state.replace(key=jax.random.key_data(next_key))
-    total = jnp.sum(counts)
+    total = jnp.maximum(jnp.sum(counts), 1) if poisson else jnp.sum(counts)
     metrics = {
         "loss": jnp.sum(loss_sums) / total,
         "train_accuracy": jnp.sum(correct) / total,
         "diverged_at_step": diverged_at,
     }
-    return state, metrics
-
-
-def _poisson_epoch(state, images, labels, batch_size: int, progress, progress_every, mesh):
-    """An epoch of Poisson-sampled batches: each step takes every example independently with
-    probability batch_size / n; the batch is padded to a fixed capacity and masked."""
-    n_examples = images.shape[0]
-    devices = 1 if mesh is None else mesh.shape["data"]
-    steps, capacity = poisson_plan(n_examples, batch_size, devices)
-    rate = batch_size / n_examples
-    epoch_key, sample_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
-
-    def body(carry, index):
-        state, diverged_at = carry
-        included = jax.random.bernoulli(jax.random.fold_in(sample_key, index), rate, (n_examples,))
-        count = jnp.sum(included)
-        (batch,) = jnp.nonzero(included, size=capacity, fill_value=0)
-        weights = (jnp.arange(capacity) < count).astype(images.dtype)
-        x, y, weights = constrain_batch(mesh, images[batch], labels[batch], weights)
-        step_key = jax.random.fold_in(epoch_key, index) if state.options.needs_key else None
-        state, loss, correct, finite = optimizer_step(
-            state, x, y, weights, step_key, lot_size=batch_size
-        )
-        diverged_at = jnp.where((diverged_at < 0) & ~finite, index, diverged_at)
-        if progress is not None:
-            jax.lax.cond(
-                (index + 1) % progress_every == 0,
-                lambda: jax.debug.callback(progress, index + 1, steps),
-                lambda: None,
-            )
-        kept = jnp.sum(weights)
-        return (state, diverged_at), (loss * kept, correct, kept, count - kept.astype(count.dtype))
-
-    (state, diverged_at), (loss_sums, correct, counts, dropped) = jax.lax.scan(
-        body, (state, jnp.asarray(-1, jnp.int32)), jnp.arange(steps)
-    )
-    state = state.replace(key=jax.random.key_data(next_key))
-    total = jnp.maximum(jnp.sum(counts), 1)
-    metrics = {
-        "loss": jnp.sum(loss_sums) / total,
-        "train_accuracy": jnp.sum(correct) / total,
-        "diverged_at_step": diverged_at,
-        "examples": jnp.sum(counts),
-        "dropped_examples": jnp.sum(dropped),
-    }
+    if poisson:
+        metrics["examples"] = jnp.sum(counts)
+        metrics["dropped_examples"] = jnp.sum(sums[3])
     return state, metrics
 
 
 epoch_program = jax.jit(
-    _epoch, static_argnames=("batch_size", "progress", "progress_every", "mesh")
+    run_epoch, static_argnames=("batch_size", "progress", "progress_every", "mesh")
 )
 """The compiled epoch (``state, images, labels, batch_size, progress, progress_every, mesh``),
 without the boundary checks of :func:`train_epoch`; :func:`jaxmlp.fit` compiles it ahead of

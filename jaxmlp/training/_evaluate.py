@@ -11,8 +11,8 @@ from jaxtyping import Array, Float, Int
 
 from jaxmlp import _validation
 from jaxmlp.losses import DATA_LOSSES
-from jaxmlp.model import Params, forward
-from jaxmlp.training._epoch import epoch_plan
+from jaxmlp.model import Params, forward_pass
+from jaxmlp.training._epoch import steps_per_epoch
 from jaxmlp.training._options import ModelOptions
 from jaxmlp.training._state import TrainState, check_state
 from jaxmlp.training._step import class_ids
@@ -50,9 +50,11 @@ def model_and_options(
     return model, options
 
 
-def _evaluation(params, images, labels, options: ModelOptions, batch_size: int):
+def evaluation(params, images, labels, options: ModelOptions, batch_size: int):
+    """``{"loss", "correct"}`` of :func:`evaluate` as arrays, without its checks."""
     n_examples = images.shape[0]
-    steps, padded = epoch_plan(n_examples, batch_size)
+    steps = steps_per_epoch(n_examples, batch_size)
+    padded = steps * batch_size
     pad = padded - n_examples
     images = jnp.pad(images, ((0, pad), (0, 0))).reshape(steps, batch_size, -1)
     labels = jnp.pad(labels, [(0, pad)] + [(0, 0)] * (labels.ndim - 1)).reshape(
@@ -62,7 +64,7 @@ def _evaluation(params, images, labels, options: ModelOptions, batch_size: int):
 
     def body(_, batch):
         x, y, w = batch
-        logits = forward(params, x, activation=options.activation)
+        logits = logits_of(params, x, options.activation)
         per_example = DATA_LOSSES[options.output](logits, y, weights=w) * jnp.sum(w)
         correct = jnp.sum((jnp.argmax(logits, -1) == class_ids(y)) * w)
         return None, (per_example, correct)
@@ -75,7 +77,7 @@ def _evaluation(params, images, labels, options: ModelOptions, batch_size: int):
     }
 
 
-evaluation_program = jax.jit(_evaluation, static_argnames=("options", "batch_size"))
+evaluation_program = jax.jit(evaluation, static_argnames=("options", "batch_size"))
 """The compiled scoring of :func:`evaluate` (``params, images, labels, options, batch_size``)
 without its checks: ``{"loss", "correct"}`` as arrays."""
 
@@ -122,8 +124,14 @@ def evaluate(
     }
 
 
+def logits_of(params: Params, x: Array, activation: str) -> Array:
+    """The logits in evaluation mode (no dropout) of a batch; no checks."""
+    no_masks = [None] * len(params)
+    return forward_pass(params, x, no_masks, activation=activation)[1][-1]
+
+
 def _predictions(params, x, activation: str):
-    return jnp.argmax(forward(params, x, activation=activation), -1)
+    return jnp.argmax(logits_of(params, x, activation), -1)
 
 
 prediction_program = jax.jit(_predictions, static_argnames="activation")
@@ -149,7 +157,7 @@ def predict(
 
 
 def _probabilities(params, x, activation: str, output: str):
-    logits = forward(params, x, activation=activation)
+    logits = logits_of(params, x, activation)
     return jax.nn.sigmoid(logits) if output == "sigmoid" else jax.nn.softmax(logits, axis=-1)
 
 

@@ -11,7 +11,7 @@ import optax
 
 from jaxmlp import _validation
 from jaxmlp.model import layer_sizes_of
-from jaxmlp.training._epoch import check_epoch_arguments, epoch_plan, epoch_program
+from jaxmlp.training._epoch import check_epoch_arguments, epoch_program, steps_per_epoch
 from jaxmlp.training._evaluate import evaluate
 from jaxmlp.training._options import ModelOptions, model_option_names
 from jaxmlp.training._state import TrainState, check_state, create_train_state
@@ -196,19 +196,14 @@ def fit(
         {"init": init, "init_scale": init_scale, "dtype": dtype},
     )
     history = _check_history(history)
-    private = state.options.private and state.options.dp_noise_multiplier > 0
-    if private:
-        from jaxmlp import privacy
-
-        privacy.check_delta(dp_delta)
-        _validation.check_choice("dp_accountant", dp_accountant, privacy.ACCOUNTANTS)
+    epsilon = _accountant(state.options, dp_delta, dp_accountant)
     if x_train is None or y_train is None:
         raise TypeError("fit needs the training data x_train and y_train")
     x_train, y_train, batch_size = check_epoch_arguments(
         state, x_train, y_train, batch_size, mesh, names=("x_train", "y_train")
     )
     if validation_data is not None:
-        x_valid, y_valid = _validation.check_dataset(
+        validation_data = _validation.check_dataset(
             state.params, *validation_data, "validation images", "validation labels"
         )
     if mesh is not None:
@@ -216,7 +211,6 @@ def fit(
         state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
 
     first_epoch = history[-1]["epoch"] + 1 if history else 1
-    steps, _ = epoch_plan(x_train.shape[0], batch_size)
     current = {"epoch": first_epoch}
     hook = None
     if progress is not None:
@@ -224,6 +218,7 @@ def fit(
         def hook(done, total):
             progress(current["epoch"], int(done), int(total))
 
+    steps = steps_per_epoch(x_train.shape[0], batch_size, state.options.batch_sampling)
     start = time.perf_counter()
     compiled = epoch_program.lower(
         state, x_train, y_train, batch_size, hook, max(1, steps // 50), mesh
@@ -237,13 +232,13 @@ def fit(
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         if metrics["diverged_at_step"] >= 0:
-            step = int(metrics["diverged_at_step"])
+            step = int(metrics["diverged_at_step"]) + 1
             raise DivergenceError(
-                f"non-finite loss or gradient at epoch {epoch}, step {step + 1}; "
+                f"non-finite loss or gradient at epoch {epoch}, step {step}; "
                 "try a lower learning rate",
                 before,
                 epoch,
-                step + 1,
+                step,
                 history,
             )
         record: Record = {
@@ -254,21 +249,45 @@ def fit(
         }
         if epoch == first_epoch:
             record["compile_seconds"] = compile_seconds
-        if private:
-            record["epsilon"] = privacy.epsilon(
-                noise_multiplier=state.options.dp_noise_multiplier,
-                sampling_rate=batch_size / x_train.shape[0],
-                steps=int(state.step),
-                delta=dp_delta,
-                accountant=dp_accountant,
-            )
-        if evaluate_train:
-            record["train_accuracy"] = evaluate(state, x_train, y_train)["accuracy"]
-        if validation_data is not None:
-            scores = evaluate(state, x_valid, y_valid)
-            record["validation_loss"] = scores["loss"]
-            record["validation_accuracy"] = scores["accuracy"]
+        if epsilon is not None:
+            record["epsilon"] = epsilon(int(state.step), batch_size / x_train.shape[0])
+        record.update(_scores(state, x_train, y_train, evaluate_train, validation_data))
         history.append(record)
         if on_epoch_end is not None and on_epoch_end(state, record) is True:
             break
     return state, history
+
+
+def _accountant(options: ModelOptions, dp_delta, dp_accountant):
+    """``epsilon(steps, sampling_rate)`` at ``dp_delta`` for options with a privacy guarantee
+    (clipping and noise), else None; the accounting arguments are checked either way."""
+    if not options.is_private:
+        return None
+    from jaxmlp import privacy
+
+    privacy.check_delta(dp_delta)
+    _validation.check_choice("dp_accountant", dp_accountant, privacy.ACCOUNTANTS)
+
+    def epsilon(steps: int, sampling_rate: float) -> float:
+        return privacy.epsilon(
+            noise_multiplier=options.dp_noise_multiplier,
+            sampling_rate=sampling_rate,
+            steps=steps,
+            delta=dp_delta,
+            accountant=dp_accountant,
+        )
+
+    return epsilon
+
+
+def _scores(state, x_train, y_train, evaluate_train: bool, validation_data) -> Record:
+    """The exact scores an epoch's record gets after training: the whole training set's
+    accuracy (``evaluate_train``) and the validation loss and accuracy."""
+    scores: Record = {}
+    if evaluate_train:
+        scores["train_accuracy"] = evaluate(state, x_train, y_train)["accuracy"]
+    if validation_data is not None:
+        validation = evaluate(state, *validation_data)
+        scores["validation_loss"] = validation["loss"]
+        scores["validation_accuracy"] = validation["accuracy"]
+    return scores

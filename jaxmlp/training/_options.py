@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from jaxmlp import _validation
 from jaxmlp._schema import option
-from jaxmlp.losses import OUTPUTS
+from jaxmlp.losses import OUTPUTS, LossOptions
 from jaxmlp.model import ACTIVATIONS
 
 GRADIENTS = ("autodiff", "backprop")
@@ -169,11 +170,7 @@ class ModelOptions:
     )
 
     def __post_init__(self):
-        _validation.check_choice("activation", self.activation, ACTIVATIONS)
-        _validation.check_choice("output", self.output, OUTPUTS)
-        _validation.check_non_negative("l2", self.l2)
-        _validation.check_rate("dropout_rate", self.dropout_rate)
-        _validation.check_rate("input_dropout_rate", self.input_dropout_rate)
+        self.loss  # noqa: B018 (builds and so checks the loss's options, once)
         if self.max_norm is not None:
             _validation.check_positive("max_norm", self.max_norm)
         if (
@@ -234,10 +231,28 @@ class ModelOptions:
                     )
         _validation.check_choice("batch_sampling", self.batch_sampling, BATCH_SAMPLINGS)
 
+    @functools.cached_property
+    def loss(self) -> LossOptions:
+        """The options of the loss a step differentiates (activation, output, l2, dropout
+        rates), as the core functions take them; built and checked once."""
+        return LossOptions(
+            activation=self.activation,
+            output=self.output,
+            l2=self.l2,
+            dropout_rate=self.dropout_rate,
+            input_dropout_rate=self.input_dropout_rate,
+        )
+
     @property
-    def private(self) -> bool:
-        """Whether steps are DP-SGD steps (per-example clipping, and noise when sigma > 0)."""
+    def clips_gradients(self) -> bool:
+        """Whether steps are DP-SGD steps: each example's gradient clipped to ``dp_clip_norm``
+        (with noise added when ``dp_noise_multiplier > 0``)."""
         return self.dp_clip_norm is not None
+
+    @property
+    def is_private(self) -> bool:
+        """Whether training has a privacy guarantee, and so an epsilon: clipping and noise."""
+        return self.dp_clip_norm is not None and self.dp_noise_multiplier > 0
 
     @property
     def augments(self) -> bool:
@@ -256,17 +271,6 @@ class ModelOptions:
         return bool(
             self.augments or self.uses_dropout or self.vat_epsilon or self.dp_noise_multiplier
         )
-
-    def loss_options(self) -> dict:
-        """The keyword arguments of :func:`jaxmlp.loss` / :func:`jaxmlp.backprop` these
-        options set (everything but the key and the example weights)."""
-        return {
-            "activation": self.activation,
-            "l2": self.l2,
-            "output": self.output,
-            "dropout_rate": self.dropout_rate,
-            "input_dropout_rate": self.input_dropout_rate,
-        }
 
 
 def model_option_names() -> tuple[str, ...]:

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from jaxmlp.losses import log_softmax, loss_and_logits, weighted_mean
-from jaxmlp.model import Params, forward
+from jaxmlp.losses import batch_loss, batch_masks, log_softmax, weighted_mean
+from jaxmlp.model import Params, forward_pass
 from jaxmlp.training._options import ModelOptions
 
 # --------------------------------------------------------------------------------------------
@@ -116,11 +116,11 @@ def clip_max_norm(params: Params, max_norm: float) -> Params:
 
 
 def adversarial_loss_and_grads(
+    options: ModelOptions,
     params: Params,
     x: Float[Array, "batch features"],
     labels: Array,
     *,
-    options: ModelOptions,
     dropout_key: PRNGKeyArray | None = None,
     weights: Array | None = None,
 ) -> tuple[Array, Params, Array]:
@@ -129,12 +129,13 @@ def adversarial_loss_and_grads(
     ``options.adversarial_epsilon`` and ``w`` = ``options.adversarial_weight``. One pass gives
     the clean loss's gradients with respect to the parameters and the inputs; a second scores
     the perturbed inputs under the same dropout masks. ``logits`` are the clean pass's."""
-    kwargs = dict(options.loss_options(), key=dropout_key, weights=weights)
-    value_and_grad = jax.value_and_grad(loss_and_logits, argnums=(0, 1), has_aux=True)
-    (clean, logits), (clean_grads, x_grad) = value_and_grad(params, x, labels, **kwargs)
+    value_and_grad = jax.value_and_grad(batch_loss, argnums=(1, 2), has_aux=True)
+    (clean, logits), (clean_grads, x_grad) = value_and_grad(
+        options.loss, params, x, labels, key=dropout_key, weights=weights
+    )
     x_adv = jax.lax.stop_gradient(x + options.adversarial_epsilon * jnp.sign(x_grad))
-    (adversarial, _), adversarial_grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
-        params, x_adv, labels, **kwargs
+    (adversarial, _), adversarial_grads = jax.value_and_grad(batch_loss, 1, has_aux=True)(
+        options.loss, params, x_adv, labels, key=dropout_key, weights=weights
     )
     a = options.adversarial_weight
     grads = jax.tree.map(lambda c, g: (1 - a) * c + a * g, clean_grads, adversarial_grads)
@@ -159,11 +160,11 @@ def unit_rows(v: Array) -> Array:
 
 
 def vat_loss_and_grads(
+    options: ModelOptions,
     params: Params,
     x: Float[Array, "batch features"],
     logits: Float[Array, "batch classes"],
     *,
-    options: ModelOptions,
     key: PRNGKeyArray,
     dropout_key: PRNGKeyArray | None = None,
     weights: Array | None = None,
@@ -178,16 +179,11 @@ def vat_loss_and_grads(
     start; ``r_adv`` has L2 norm ``options.vat_epsilon`` per example.
     """
     clean = jax.lax.stop_gradient(log_softmax(logits))
+    masks = batch_masks(options.loss, params, x, dropout_key)
 
     def divergence(p, r):
-        perturbed = forward(
-            p,
-            x + r,
-            activation=options.activation,
-            dropout_rate=options.dropout_rate,
-            input_dropout_rate=options.input_dropout_rate,
-            key=dropout_key,
-        )
+        _, pre_activations = forward_pass(p, x + r, masks, activation=options.activation)
+        perturbed = pre_activations[-1]
         per_example = jnp.sum(jnp.exp(clean) * (clean - log_softmax(perturbed)), axis=-1)
         return weighted_mean(per_example, weights)
 

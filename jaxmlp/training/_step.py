@@ -9,8 +9,8 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from jaxmlp import _validation
-from jaxmlp.backprop import backprop
-from jaxmlp.losses import l2_penalty, loss_and_logits
+from jaxmlp.backprop import batch_backprop
+from jaxmlp.losses import batch_loss, l2_penalty
 from jaxmlp.model import Params
 from jaxmlp.per_example import clipped_grad_sum
 from jaxmlp.training._options import ModelOptions
@@ -25,10 +25,10 @@ from jaxmlp.training._state import TrainState, check_state
 
 
 def loss_and_grads(
+    options: ModelOptions,
     params: Params,
     x: Float[Array, "batch features"],
     labels: Array,
-    options: ModelOptions,
     *,
     dropout_key: PRNGKeyArray | None = None,
     weights: Array | None = None,
@@ -36,30 +36,22 @@ def loss_and_grads(
     """``(loss, grads, logits)`` of one batch by the gradient method ``options`` ask for:
     autodiff, the hand-derived backprop, or autodiff of the fast-gradient-sign mix."""
     if options.gradient == "backprop":
-        return backprop(
-            params,
-            x,
-            labels,
-            **options.loss_options(),
-            key=dropout_key,
-            weights=weights,
-            return_logits=True,
-        )
+        return batch_backprop(options.loss, params, x, labels, key=dropout_key, weights=weights)
     if options.adversarial_epsilon:
         return adversarial_loss_and_grads(
-            params, x, labels, options=options, dropout_key=dropout_key, weights=weights
+            options, params, x, labels, dropout_key=dropout_key, weights=weights
         )
-    (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
-        params, x, labels, **options.loss_options(), key=dropout_key, weights=weights
+    (loss, logits), grads = jax.value_and_grad(batch_loss, 1, has_aux=True)(
+        options.loss, params, x, labels, key=dropout_key, weights=weights
     )
     return loss, grads, logits
 
 
 def private_loss_and_grads(
+    options: ModelOptions,
     params: Params,
     x: Float[Array, "batch features"],
     labels: Array,
-    options: ModelOptions,
     *,
     dropout_key: PRNGKeyArray | None,
     noise_key: PRNGKeyArray | None,
@@ -70,22 +62,20 @@ def private_loss_and_grads(
     / B + l2 W``, with the clipped sum by the options' gradient method (see
     :func:`jaxmlp.per_example.clipped_grad_sum`). ``B`` is ``lot_size`` (Poisson sampling: the
     expected batch size), else the number of (unmasked) examples."""
-    loss_options = options.loss_options()
-    l2 = loss_options.pop("l2")
-    total, info = clipped_grad_sum(
+    clipped = clipped_grad_sum(
+        options.loss,
         params,
         x,
         labels,
         clip_norm=options.dp_clip_norm,
         method=options.gradient,
-        **loss_options,
         key=dropout_key,
         weights=weights,
     )
     if lot_size is None:
         lot_size = x.shape[0] if weights is None else jnp.maximum(jnp.sum(weights), 1)
     sigma = options.dp_noise_multiplier * options.dp_clip_norm
-    leaves, treedef = jax.tree.flatten(total)
+    leaves, treedef = jax.tree.flatten(clipped.total)
     if sigma:
         keys = jax.random.split(noise_key, len(leaves))
         leaves = [
@@ -93,13 +83,14 @@ def private_loss_and_grads(
             for leaf, k in zip(leaves, keys, strict=True)
         ]
     grads = jax.tree.unflatten(treedef, [leaf / lot_size for leaf in leaves])
-    loss = info["loss"]
+    loss = clipped.loss
+    l2 = options.l2
     if l2:
         grads = [
             {"w": g["w"] + l2 * p["w"], "b": g["b"]} for g, p in zip(grads, params, strict=True)
         ]
         loss = loss + l2 * l2_penalty(params)
-    return loss, grads, info["logits"]
+    return loss, grads, clipped.logits
 
 
 def class_ids(labels: Array) -> Array:
@@ -127,13 +118,13 @@ def optimizer_step(
     if options.augments:
         x = augment_images(x, augment_key, options)
     loss_dropout_key = dropout_key if options.uses_dropout else None
-    if options.private:
+    if options.clips_gradients:
         noise_key = jax.random.fold_in(dropout_key, 2) if options.dp_noise_multiplier else None
         loss, grads, logits = private_loss_and_grads(
+            options,
             state.params,
             x,
             labels,
-            options,
             dropout_key=loss_dropout_key,
             noise_key=noise_key,
             weights=weights,
@@ -141,14 +132,14 @@ def optimizer_step(
         )
     else:
         loss, grads, logits = loss_and_grads(
-            state.params, x, labels, options, dropout_key=loss_dropout_key, weights=weights
+            options, state.params, x, labels, dropout_key=loss_dropout_key, weights=weights
         )
     if options.vat_epsilon:
         vat, vat_grads = vat_loss_and_grads(
+            options,
             state.params,
             x,
             logits,
-            options=options,
             key=jax.random.fold_in(dropout_key, 1),
             dropout_key=loss_dropout_key,
             weights=weights,
