@@ -18,6 +18,7 @@ attributes of the package, imported on first use so that ``import jaxmlp`` stays
 """
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING
 
 from jaxmlp.backprop import backprop
@@ -51,7 +52,7 @@ from jaxmlp.training import (
 if TYPE_CHECKING:
     from jaxmlp import checkpoints, data, images, metrics, multi, plots, privacy, sharding
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("jaxmlp")
 
 _SUBMODULES = (
     "checkpoints",

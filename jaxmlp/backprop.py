@@ -30,6 +30,10 @@ from jaxmlp.losses import (
 )
 from jaxmlp.model import ACTIVATIONS, Params, forward_pass
 
+__all__ = [
+    "backprop",
+]
+
 
 def backprop(
     params: Params,

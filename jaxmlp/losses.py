@@ -17,6 +17,17 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from jaxmlp import _validation
 from jaxmlp.model import ACTIVATIONS, Params, forward_pass, layer_masks
 
+__all__ = [
+    "OUTPUTS",
+    "cross_entropy",
+    "l2_penalty",
+    "log_softmax",
+    "loss",
+    "loss_and_logits",
+    "sigmoid_cross_entropy",
+    "softmax",
+]
+
 OUTPUTS = ("softmax", "sigmoid")
 """Output layers: softmax with cross-entropy, or sigmoid units with the logistic cost."""
 

@@ -15,6 +15,17 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from jaxmlp import _validation
 
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "Activation",
+    "Params",
+    "forward",
+    "init_mlp",
+    "layer_sizes_of",
+    "parameter_count",
+]
+
 Params = list[dict[str, Array]]
 
 

@@ -33,6 +33,12 @@ from jaxmlp.backprop import backward_pass, output_delta
 from jaxmlp.losses import DATA_LOSSES, LossOptions, batch_masks, check_loss_arguments
 from jaxmlp.model import Params, forward_pass
 
+__all__ = [
+    "METHODS",
+    "per_example_grad_norms",
+    "per_example_grads",
+]
+
 METHODS = ("autodiff", "backprop")
 """How per-example gradients are computed: ``jax.vmap(jax.grad)``, or by hand from the deltas."""
 

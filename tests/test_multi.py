@@ -117,6 +117,20 @@ def test_states_that_cannot_share_a_program_are_refused(states, error, message):
         jaxmlp.multi.stack_states(states)
 
 
+def test_a_stacked_epoch_checks_its_data_once(monkeypatch):
+    from jaxmlp import _validation
+
+    x, y = _data()
+    stacked = jaxmlp.multi.stack_states(_states([0, 1]))
+    calls = []
+    check_dataset = _validation.check_dataset
+    monkeypatch.setattr(
+        _validation, "check_dataset", lambda *a, **k: calls.append(1) or check_dataset(*a, **k)
+    )
+    jaxmlp.multi.train_epoch(stacked, x, y, batch_size=10)
+    assert len(calls) == 1
+
+
 def test_an_unstacked_state_or_bad_data_is_refused_before_compiling():
     x, y = _data()
     (single,) = _states([0])

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxmlp
@@ -107,6 +108,43 @@ def test_public_train_epoch_reuses_its_compiled_program():
     for _ in range(3):
         state, _ = jaxmlp.train_epoch(state, x, y, batch_size=16)
     assert _epoch.epoch_program._cache_size() == before
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "batch_sampling", "steps"),
+    [(550, 128, "shuffle", 5), (550, 128, "poisson", 4), (5500, 512, "poisson", 11)],
+)
+def test_a_schedule_sized_by_steps_per_epoch_ends_on_the_last_step_trained(
+    n, batch_size, batch_sampling, steps
+):
+    # 55,000 examples at batch 512: 108 shuffled steps an epoch but 107 Poisson ones; a schedule
+    # sized for the wrong count never reaches its final value.
+    assert jaxmlp.steps_per_epoch(n, batch_size, batch_sampling) == steps
+    assert jaxmlp.steps_per_epoch(55_000, 512, "poisson") == 107
+    assert jaxmlp.steps_per_epoch(55_000, 512) == 108
+    x, y = _blobs(n, 8, 3)
+    epochs = 2
+    total = epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)
+    lr = optax.cosine_decay_schedule(0.1, total, alpha=0.0)
+    state, _ = jaxmlp.fit(
+        jax.random.key(0),
+        (8, 16, 3),
+        x,
+        y,
+        optimizer=optax.sgd(lr),
+        epochs=epochs,
+        batch_size=batch_size,
+        batch_sampling=batch_sampling,
+    )
+    assert int(state.step) == total
+    assert float(lr(int(state.step) - 1)) > 0.0 and float(lr(int(state.step))) == 0.0
+
+
+def test_steps_per_epoch_refuses_what_no_epoch_can_have():
+    with pytest.raises(ValueError, match="batch_sampling='replace'"):
+        jaxmlp.steps_per_epoch(100, 10, "replace")
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxmlp.steps_per_epoch(100, 0)
 
 
 def test_every_example_is_used_once_per_epoch():
