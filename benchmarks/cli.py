@@ -6,7 +6,6 @@ import argparse
 import datetime
 import importlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -58,31 +57,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NumPy scalars to Python numbers, NaN and infinities to None."""
-    if isinstance(value, dict):
-        return {str(key): _clean(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(item) for item in value]
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    """Write atomically, so an interrupted run never leaves a half-written file."""
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(_clean(results), indent=1, allow_nan=False) + "\n")
-    os.replace(temporary, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     # Imported here, after the BLAS environment has been cleaned by __main__.
     from benchmarks import machine, report
     from benchmarks.common import FULL, QUICK
+    from jaxmlp._files import write_json  # atomic: an interrupted run leaves the old file
 
     mode = QUICK if args.quick else FULL
     description = machine.describe()

@@ -72,10 +72,6 @@ def step_flops(sizes: Sequence[int], batch: int) -> int:
     return sum(2 * m * k * n for _, m, k, n in matmul_shapes(sizes, batch))
 
 
-def parameter_count(sizes: Sequence[int]) -> int:
-    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
-
-
 def device_memory() -> dict | None:
     """The first device's memory statistics (GPU / TPU); None on CPU."""
     stats = jax.devices()[0].memory_stats()

@@ -205,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         "hidden": args.hidden,
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"devices-{host}-{today}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    from jaxmlp._files import atomic_write, write_json
+
+    stem = Path(args.out) / f"devices-{host}-{today}"
+    write_json(stem.with_suffix(".json"), report)
+    atomic_write(stem.with_suffix(".md"), lambda f: f.write(markdown(report).encode("utf-8")))
     print(markdown(report))
     print(f"wrote {stem}.json and {stem}.md")
     return 0

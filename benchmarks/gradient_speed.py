@@ -16,7 +16,7 @@ import numpy as np
 
 import jaxmlp
 from benchmarks import numpy_reference
-from benchmarks.common import Mode, parameter_count, sizes_label, step_flops, synthetic_mnist
+from benchmarks.common import Mode, sizes_label, step_flops, synthetic_mnist
 from benchmarks.timing import compile_seconds, measure
 
 FULL_SWEEPS = {
@@ -58,7 +58,7 @@ def point(sizes, batch: int, mode: Mode) -> dict[str, Any]:
     result: dict[str, Any] = {
         "architecture": sizes_label(sizes),
         "batch": batch,
-        "parameters": parameter_count(sizes),
+        "parameters": jaxmlp.parameter_count(sizes),
         "matmul_flops": step_flops(sizes, batch),
     }
     for name, function in functions.items():
@@ -103,7 +103,7 @@ def numerical_small(mode: Mode) -> dict[str, Any]:
         min_repeat_s=mode.min_repeat_s,
         budget_s=mode.budget_s,
     )
-    count = parameter_count(NUMERICAL_NET)
+    count = jaxmlp.parameter_count(NUMERICAL_NET)
     return {
         "architecture": sizes_label(NUMERICAL_NET),
         "batch": batch,

@@ -53,7 +53,7 @@ def main(width: int, batch: int, steps: int) -> dict:
         params, opt_state, loss = step(params, opt_state)
     jax.block_until_ready(loss)
     stats = jax.devices()[0].memory_stats() or {}
-    parameters = sum(leaf.size for leaf in jax.tree.leaves(params))
+    parameters = jaxmlp.parameter_count(sizes)
     return {
         "width": width,
         "batch": batch,

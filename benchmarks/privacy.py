@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxmlp
-from benchmarks.common import Mode, parameter_count, sizes_label, synthetic_mnist
+from benchmarks.common import Mode, sizes_label, synthetic_mnist
 from benchmarks.timing import compile_seconds, measure
 
 FULL_GRID = {"widths": (256, 1024, 4096), "batches": (32, 128, 512, 1024)}
@@ -120,7 +120,7 @@ def dp_epochs(sizes, mode: Mode, use_torch: bool) -> dict[str, Any]:
     }
     result: dict[str, Any] = {
         "architecture": sizes_label(sizes),
-        "parameters": parameter_count(sizes),
+        "parameters": jaxmlp.parameter_count(sizes),
         "examples": n,
         "batch": BATCH,
         "clip": CLIP,

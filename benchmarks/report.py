@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.scaling import IMPLEMENTATIONS, SWEEP_KEYS  # noqa: E402
+from jaxmlp._files import atomic_write  # noqa: E402
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -559,6 +560,5 @@ def write(results: dict[str, Any], out: Path, stem: str) -> Path:
         parts += ["## 6. Per-example gradients and DP-SGD", privacy_section(s["privacy"])]
     seconds = {name: section.get("seconds") for name, section in s.items()}
     parts.append("Section run times (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
-    path = out / f"{stem}.md"
-    path.write_text("\n\n".join(parts) + "\n")
-    return path
+    text = "\n\n".join(parts) + "\n"
+    return atomic_write(out / f"{stem}.md", lambda f: f.write(text.encode("utf-8")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -19,6 +18,7 @@ import numpy as np
 
 import jaxmlp
 import jaxmlp.data
+from jaxmlp._files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,27 +63,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready copies of numpy / jax scalars and arrays."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return _plain(np.asarray(value).tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
-
-
 def save(name: str, result: dict[str, Any], out: Path = RESULTS, quick: bool = False) -> Path:
-    """Write ``<out>/<name>.json`` (``<name>_quick.json`` for smoke runs) with the environment."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``<out>/<name>.json`` (``<name>_quick.json`` for smoke runs) with the environment,
+    atomically (:func:`jaxmlp._files.write_json`: NaN and infinities are written as null)."""
     path = out / f"{name}{'_quick' if quick else ''}.json"
     payload = {"experiment": name, "quick": quick, "environment": environment(), **result}
-    path.write_text(json.dumps(_plain(payload), indent=1) + "\n")
+    write_json(path, payload)
     print(f"wrote {path}")
     return path
 

@@ -41,7 +41,7 @@ REPORTED = {
 class Config:
     hidden: tuple[int, ...] = (256,)
     activation: str = "identity"
-    dropout: float = 0.2
+    dropout_rate: float = 0.2
     optimizer: str = "sgd"
     lr: float = 0.01
     batch: int = 64
@@ -65,8 +65,8 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
             "base seed 1": r(b, seed=1),
             "extra_layer": r(b, hidden=(256, 256)),
             "width_512": r(b, hidden=(512,)),
-            "relu_instead_of_dropout": r(b, activation="relu", dropout=0.0),
-            "dropout_0.5": r(b, dropout=0.5),
+            "relu_instead_of_dropout": r(b, activation="relu", dropout_rate=0.0),
+            "dropout_0.5": r(b, dropout_rate=0.5),
             "epochs_10": r(b, epochs=10),
             "fashion_mnist": r(b, dataset="fashion_mnist"),
             "standardized": r(b, normalize="standard"),
@@ -79,8 +79,8 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
         },
         "activation": {
             "identity + dropout 0.2 (text)": b,
-            "identity, no dropout": r(b, dropout=0.0),
-            "relu, no dropout (text's variant)": r(b, activation="relu", dropout=0.0),
+            "identity, no dropout": r(b, dropout_rate=0.0),
+            "relu, no dropout (text's variant)": r(b, activation="relu", dropout_rate=0.0),
             "relu + dropout 0.2 (ReLU added)": r(b, activation="relu"),
         },
         "depth": {
@@ -89,7 +89,7 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
             for n in (1, 2)
         },
         "width": {f"width {w}": r(b, hidden=(w,)) for w in (256, 512, 1024)},
-        "dropout": {f"dropout {p}": r(b, dropout=p) for p in (0.0, 0.2, 0.5, 0.8)},
+        "dropout": {f"dropout {p}": r(b, dropout_rate=p) for p in (0.0, 0.2, 0.5, 0.8)},
         "loss": {
             "softmax cross-entropy": b,
             "sigmoid units, logistic cost": r(b, output="sigmoid"),
@@ -101,7 +101,7 @@ def plan(quick: bool) -> dict[str, dict[str, Config]]:
             ),
         },
         "datasets": {
-            f"{d}, {act}, dropout {drop}": r(b, dataset=d, activation=act, dropout=drop)
+            f"{d}, {act}, dropout {drop}": r(b, dataset=d, activation=act, dropout_rate=drop)
             for d in ("mnist", "fashion_mnist")
             for act, drop in (("identity", 0.2), ("relu", 0.2))
         },
@@ -132,7 +132,7 @@ def run(config: Config, data: dict) -> dict:
             batch_size=config.batch,
             init="glorot",
             activation=config.activation,
-            dropout_rate=config.dropout,
+            dropout_rate=config.dropout_rate,
             output=config.output,
             validation_data=(ds.test.images, ds.test.labels),
         )
@@ -180,7 +180,7 @@ def plot(results: dict, path):
         axes[1].plot(range(1, len(curve) + 1), curve, label=name)
     axes[1].set(xlabel="epoch", ylabel="test accuracy", title="how many epochs")
     axes[1].legend(fontsize=8)
-    for axis, table, field in ((axes[2], "width", "hidden"), (axes[3], "dropout", "dropout")):
+    for axis, table, field in ((axes[2], "width", "hidden"), (axes[3], "dropout", "dropout_rate")):
         keys = list(results["tables"].get(table, {}).values())
         values = [results["runs"][k]["config"][field] for k in keys]
         values = [v[0] if isinstance(v, list | tuple) else v for v in values]

@@ -23,24 +23,24 @@ from experiments import common
 BASE = {
     "width": 1024,
     "depth": 2,
-    "dropout": 0.5,
-    "input_dropout": 0.2,
+    "dropout_rate": 0.5,
+    "input_dropout_rate": 0.2,
     "max_norm": 3.0,
     "lr": 1e-3,
     "batch": 128,
     "epochs": 100,
-    "shift": 0,
-    "rotate": 0.0,
-    "scale": 0.0,
+    "augment_shift": 0,
+    "augment_rotate": 0.0,
+    "augment_scale": 0.0,
     "smoothing": 0.0,
     "optimizer": "adam",
-    "fgsm": 0.0,
-    "vat": 0.0,
+    "adversarial_epsilon": 0.0,
+    "vat_epsilon": 0.0,
 }
 SMALL = {"width": 512, "epochs": 20}
-NO_DROPOUT = {"dropout": 0.0, "input_dropout": 0.0}
+NO_DROPOUT = {"dropout_rate": 0.0, "input_dropout_rate": 0.0}
 
-AFFINE = {"shift": 2, "rotate": 10.0, "scale": 0.1}
+AFFINE = {"augment_shift": 2, "augment_rotate": 10.0, "augment_scale": 0.1}
 
 GRIDS = {
     "mnist": {
@@ -55,9 +55,9 @@ GRIDS = {
         "batch64": {"batch": 64},
         "batch256_lr2e-3": {"batch": 256, "lr": 2e-3},
         # second round
-        "dropout0.3": {"dropout": 0.3, "input_dropout": 0.1},
-        "dropout0.4": {"dropout": 0.4, "input_dropout": 0.2},
-        "input0.1": {"input_dropout": 0.1},
+        "dropout0.3": {"dropout_rate": 0.3, "input_dropout_rate": 0.1},
+        "dropout0.4": {"dropout_rate": 0.4, "input_dropout_rate": 0.2},
+        "input0.1": {"input_dropout_rate": 0.1},
         "w1536_e150": {"width": 1536, "epochs": 150},
         # third round: beyond what fits 20 minutes on 2 cores, to see where the recipe goes
         "w4096": {"width": 4096},
@@ -66,74 +66,97 @@ GRIDS = {
         # fourth round (2-core CPU, one seed): adversarial regularisers, screened on a small,
         # short run (784-512-512-10, 20 epochs) before any full-size candidate
         "small": SMALL,
-        "small_fgsm0.05": {**SMALL, "fgsm": 0.05},
-        "small_fgsm0.1": {**SMALL, "fgsm": 0.1},
-        "small_vat2": {**SMALL, "vat": 2.0},
-        "small_vat1": {**SMALL, "vat": 1.0},
-        "small_vat2_nodropout": {**SMALL, **NO_DROPOUT, "vat": 2.0},
-        "small_vat1.5_nodropout": {**SMALL, **NO_DROPOUT, "vat": 1.5},
-        "small_vat3_nodropout": {**SMALL, **NO_DROPOUT, "vat": 3.0},
-        "small_vat2_dropout0.1": {**SMALL, "dropout": 0.1, "input_dropout": 0.0, "vat": 2.0},
-        "small_vat2_nodropout_e40": {**SMALL, **NO_DROPOUT, "vat": 2.0, "epochs": 40},
+        "small_fgsm0.05": {**SMALL, "adversarial_epsilon": 0.05},
+        "small_fgsm0.1": {**SMALL, "adversarial_epsilon": 0.1},
+        "small_vat2": {**SMALL, "vat_epsilon": 2.0},
+        "small_vat1": {**SMALL, "vat_epsilon": 1.0},
+        "small_vat2_nodropout": {**SMALL, **NO_DROPOUT, "vat_epsilon": 2.0},
+        "small_vat1.5_nodropout": {**SMALL, **NO_DROPOUT, "vat_epsilon": 1.5},
+        "small_vat3_nodropout": {**SMALL, **NO_DROPOUT, "vat_epsilon": 3.0},
+        "small_vat2_dropout0.1": {
+            **SMALL,
+            "dropout_rate": 0.1,
+            "input_dropout_rate": 0.0,
+            "vat_epsilon": 2.0,
+        },
+        "small_vat2_nodropout_e40": {**SMALL, **NO_DROPOUT, "vat_epsilon": 2.0, "epochs": 40},
         # ... then full-length candidates that fit 20 minutes on 2 cores
-        "vat2_w512_e200": {**NO_DROPOUT, "vat": 2.0, "width": 512, "epochs": 200},
-        "vat2_e70": {**NO_DROPOUT, "vat": 2.0, "epochs": 70},
+        "vat2_w512_e200": {**NO_DROPOUT, "vat_epsilon": 2.0, "width": 512, "epochs": 200},
+        "vat2_e70": {**NO_DROPOUT, "vat_epsilon": 2.0, "epochs": 70},
     },
     "mnist_augment": {
-        "shift2": {"shift": 2},
+        "shift2": {"augment_shift": 2},
         "affine": AFFINE,
-        "affine15": {"shift": 2, "rotate": 15.0, "scale": 0.15},
-        "affine_shift1": {"shift": 1, "rotate": 10.0, "scale": 0.1},
+        "affine15": {"augment_shift": 2, "augment_rotate": 15.0, "augment_scale": 0.15},
+        "affine_shift1": {"augment_shift": 1, "augment_rotate": 10.0, "augment_scale": 0.1},
         "affine_e200": {**AFFINE, "epochs": 200},
         "affine_w2048": {**AFFINE, "width": 2048},
         "affine_smooth0.1": {**AFFINE, "smoothing": 0.1},
-        "affine_dropout0.3": {**AFFINE, "dropout": 0.3, "input_dropout": 0.1},
+        "affine_dropout0.3": {**AFFINE, "dropout_rate": 0.3, "input_dropout_rate": 0.1},
         # second round
-        "affine_dropout0.2_0": {**AFFINE, "dropout": 0.2, "input_dropout": 0.0},
-        "affine_dropout0.3_e150": {**AFFINE, "dropout": 0.3, "input_dropout": 0.1, "epochs": 150},
-        "affine_dropout0.3_w2048": {**AFFINE, "dropout": 0.3, "input_dropout": 0.1, "width": 2048},
-        "affine15_dropout0.3": {
-            "shift": 2,
-            "rotate": 15.0,
-            "scale": 0.15,
-            "dropout": 0.3,
-            "input_dropout": 0.1,
+        "affine_dropout0.2_0": {**AFFINE, "dropout_rate": 0.2, "input_dropout_rate": 0.0},
+        "affine_dropout0.3_e150": {
+            **AFFINE,
+            "dropout_rate": 0.3,
+            "input_dropout_rate": 0.1,
+            "epochs": 150,
         },
-        "affine_shift3_dropout0.3": {**AFFINE, "shift": 3, "dropout": 0.3, "input_dropout": 0.1},
+        "affine_dropout0.3_w2048": {
+            **AFFINE,
+            "dropout_rate": 0.3,
+            "input_dropout_rate": 0.1,
+            "width": 2048,
+        },
+        "affine15_dropout0.3": {
+            "augment_shift": 2,
+            "augment_rotate": 15.0,
+            "augment_scale": 0.15,
+            "dropout_rate": 0.3,
+            "input_dropout_rate": 0.1,
+        },
+        "affine_shift3_dropout0.3": {
+            **AFFINE,
+            "augment_shift": 3,
+            "dropout_rate": 0.3,
+            "input_dropout_rate": 0.1,
+        },
     },
     "fashion": {
         "base": {},
         "w2048": {"width": 2048},
         "e200": {"epochs": 200},
-        "dropout0.3": {"dropout": 0.3, "input_dropout": 0.1},
+        "dropout0.3": {"dropout_rate": 0.3, "input_dropout_rate": 0.1},
         "smooth0.1": {"smoothing": 0.1},
-        "shift1": {"shift": 1},
-        "affine_small": {"shift": 1, "rotate": 5.0, "scale": 0.05},
+        "shift1": {"augment_shift": 1},
+        "affine_small": {"augment_shift": 1, "augment_rotate": 5.0, "augment_scale": 0.05},
         "depth3": {"depth": 3},
         "lr2e-3": {"lr": 2e-3},
         # second round
-        "dropout0.2_0": {"dropout": 0.2, "input_dropout": 0.0},
-        "dropout0.4_0.1": {"dropout": 0.4, "input_dropout": 0.1},
-        "dropout0.3_e200": {"dropout": 0.3, "input_dropout": 0.1, "epochs": 200},
-        "dropout0.3_w2048": {"dropout": 0.3, "input_dropout": 0.1, "width": 2048},
-        "dropout0.3_smooth0.1": {"dropout": 0.3, "input_dropout": 0.1, "smoothing": 0.1},
+        "dropout0.2_0": {"dropout_rate": 0.2, "input_dropout_rate": 0.0},
+        "dropout0.4_0.1": {"dropout_rate": 0.4, "input_dropout_rate": 0.1},
+        "dropout0.3_e200": {"dropout_rate": 0.3, "input_dropout_rate": 0.1, "epochs": 200},
+        "dropout0.3_w2048": {"dropout_rate": 0.3, "input_dropout_rate": 0.1, "width": 2048},
+        "dropout0.3_smooth0.1": {"dropout_rate": 0.3, "input_dropout_rate": 0.1, "smoothing": 0.1},
     },
 }
 DATASET = {"mnist": "mnist", "mnist_augment": "mnist", "fashion": "fashion_mnist"}
 
 
+# The keys of a candidate that are ModelOptions fields, by their own names.
+OPTION_KEYS = (
+    "dropout_rate",
+    "input_dropout_rate",
+    "max_norm",
+    "augment_shift",
+    "augment_rotate",
+    "augment_scale",
+    "adversarial_epsilon",
+    "vat_epsilon",
+)
+
+
 def options_of(c: dict) -> jaxmlp.ModelOptions:
-    return jaxmlp.ModelOptions(
-        activation="relu",
-        dropout_rate=c["dropout"],
-        input_dropout_rate=c["input_dropout"],
-        max_norm=c["max_norm"],
-        augment_shift=c["shift"],
-        augment_rotate=c["rotate"],
-        augment_scale=c["scale"],
-        adversarial_epsilon=c["fgsm"],
-        vat_epsilon=c["vat"],
-    )
+    return jaxmlp.ModelOptions(activation="relu", **{key: c[key] for key in OPTION_KEYS})
 
 
 def smoothed(labels, smoothing: float, classes: int = 10):

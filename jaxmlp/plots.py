@@ -1,7 +1,7 @@
 """PNG figures of a training run, drawn with matplotlib's non-interactive Agg backend.
 
-Each function writes one file atomically (a temporary file renamed into place), so a figure is
-never left half-written, and returns its path.
+Each function writes one file through :func:`jaxmlp._files.atomic_write` (a temporary file
+renamed into place), so a figure is never left half-written, and returns its path.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxmlp._files import atomic_write
 
 
 def _pyplot():
@@ -24,16 +26,12 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        return atomic_write(
+            path, lambda f: fig.savefig(f, dpi=110, format="png"), make_parents=False
+        )
     finally:
-        if tmp.exists():
-            tmp.unlink()
         _pyplot().close(fig)
-    return path
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:

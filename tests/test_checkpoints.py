@@ -1,5 +1,5 @@
 """The checkpoint format on its own (no data, no CLI): what a step directory holds, what a killed
-save leaves, checkpoints of the earlier orbax format, and that saving keeps nothing behind."""
+save leaves, and that saving keeps nothing behind."""
 
 from __future__ import annotations
 
@@ -103,45 +103,6 @@ def test_a_failed_save_leaves_no_trace_and_says_why_first(tmp_path, monkeypatch)
     with pytest.raises(TypeError):  # a caller's meta that JSON cannot hold: nothing is written
         checkpoints.save(tmp_path, 2, make_state(), meta={"x": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
-
-
-def _save_format_1(directory: Path, epoch: int, state: jaxmlp.TrainState, meta: dict) -> None:
-    """A checkpoint as jaxmlp wrote it before format 2: orbax items ``state`` and ``meta``."""
-    import orbax.checkpoint as ocp
-
-    arrays = checkpoints.state_arrays(state)
-    info = {"format": 1, "epoch": epoch, "sha256": checkpoints.checksum(arrays), **meta}
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True),
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
-        },
-    )
-    manager.save(
-        epoch,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(info)),
-    )
-    manager.wait_until_finished()
-    manager.close()
-
-
-def test_checkpoints_of_format_1_are_still_read(tmp_path):
-    old = make_state(seed=5)
-    _save_format_1(tmp_path, 1, old, {"history": [{"epoch": 1}]})
-    assert checkpoints.list_steps(tmp_path) == [1]
-    assert checkpoints.read_meta(tmp_path, 1)["history"] == [{"epoch": 1}]
-    restored = checkpoints.restore_latest(tmp_path, make_state())
-    assert restored.epoch == 1 and restored.meta["format"] == 1
-    assert_same_arrays(restored.state, old)
-    with pytest.raises(checkpoints.ArchitectureMismatchError, match="784-16-10.*784-32-10"):
-        checkpoints.restore_latest(tmp_path, make_state(hidden=32))
-    # A run resumed from it goes on in format 2, next to it.
-    newer = make_state(seed=6)
-    checkpoints.save(tmp_path, 2, newer)
-    assert checkpoints.list_steps(tmp_path) == [1, 2]
-    assert_same_arrays(checkpoints.restore_latest(tmp_path, make_state()).state, newer)
 
 
 def test_saving_keeps_no_python_memory_per_checkpoint(tmp_path):

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from jaxmlp import data
+from jaxmlp._files import atomic_write
 from jaxmlp.data._fetch import rewrap, store_matches
 from jaxmlp.data._load import holdout_indices
-from jaxmlp.data._store import atomic_write
+from jaxmlp.data._store import write_file
 
 # Pinned independently of data.DATASETS: sha256 of the image / label bytes in file order (the
 # IDX payload after the header), label histograms and first labels.
@@ -248,7 +249,7 @@ def test_unreachable_mirrors_fail_fast(isolated, monkeypatch):
     assert not any(isolated.rglob("*")) if isolated.exists() else True
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+def test_atomic_write_leaves_nothing_on_failure_and_the_old_file_intact(tmp_path):
     target = tmp_path / "c" / "f.bin"
 
     def boom(f):
@@ -258,13 +259,18 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, boom)
     assert list((tmp_path / "c").iterdir()) == []
+    atomic_write(target, lambda f: f.write(b"old"))
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert list((tmp_path / "c").iterdir()) == [target]
+    assert target.read_bytes() == b"old"
 
 
 def test_unwritable_cache_dir_fetch(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     with pytest.raises(data.CacheError, match=r"not-a-dir.*writable"):
-        atomic_write(blocker / "mnist" / "x.gz", lambda f: f.write(b"1"))
+        write_file(blocker / "mnist" / "x.gz", lambda f: f.write(b"1"))
 
 
 def test_normalize_images_methods():

@@ -140,7 +140,7 @@ def test_records_quick_run_of_the_virtual_adversarial_task(tmp_path, monkeypatch
     records.main()
     result = json.loads((tmp_path / "records_mnist_vat_quick.json").read_text())
     assert result["config"]["vat_epsilon"] == 2.0
-    assert result["config"]["dropout"] == 0.0
+    assert result["config"]["dropout_rate"] == 0.0
     assert result["config"]["task_default_epochs"] == 70
     assert len(result["test_accuracy_per_seed"]) == 2
     assert 0.2 < result["test_accuracy"]["mean"] <= 1.0

@@ -64,24 +64,22 @@ to a hidden ``.deleting-`` name and then deleted, so a kill mid-deletion never l
 step listed either. A checkpoint that cannot be read or whose bytes do not match its sha256 is
 skipped in favour of the previous one (:func:`restore_latest` reports which were skipped).
 
-The package's modules: ``_states`` (a train state per epoch), ``_params`` (parameters alone),
-``_common`` (checksums, fsync, argument checks) and ``_orbax_v1`` (the format-1 reader).
+The package's modules: ``_states`` (a train state per epoch), ``_params`` (parameters alone)
+and ``_common`` (checksums, error messages, argument checks); files are written through
+:func:`jaxmlp._files.atomic_write`.
 
 The arrays are not written through orbax-checkpoint: every orbax save path measured (a
 ``CheckpointManager`` with or without item handlers, reused or not, a ``StandardCheckpointer``,
 ``PyTreeCheckpointer`` or synchronous ``Checkpointer``, with or without OCDBT) kept 20-42 kB per
 save alive in the process (``scripts/checkpoint_memory.py``; tensorstore's Python bindings leak
 the metrics and spec objects that orbax queries on every save), which a run with a checkpoint
-per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB. Checkpoints of
-format 1 (written through orbax by earlier versions: ``state/`` and ``meta/`` items,
-``_CHECKPOINT_METADATA``) are still listed and restored, through orbax
-(:mod:`jaxmlp._checkpoints_v1`).
+per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB.
 
 Params file
 -----------
 
 :func:`save_params` writes one ``.npz`` holding the arrays and a JSON header with the layer
-sizes, dtype and sha256; :mod:`jaxmlp._params_file` describes it.
+sizes, dtype and sha256; :mod:`jaxmlp.checkpoints._params` describes it.
 """
 
 from jaxmlp.checkpoints._common import CheckpointError as CheckpointError

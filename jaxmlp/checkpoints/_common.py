@@ -1,17 +1,16 @@
-"""What the checkpoint directories of :mod:`jaxmlp.checkpoints` and the params files of
-:mod:`jaxmlp._params_file` share: the error they raise, the sha256 of a tree of arrays, the
-names of its arrays, durable writes, and the checks of arguments at their boundary (each names
-the argument, what it got and what was expected).
+"""What the checkpoint directories of :mod:`jaxmlp.checkpoints` and its params files
+(:mod:`jaxmlp.checkpoints._params`) share: the error they raise, the sha256 of a tree of arrays,
+the names of its arrays, the one-line reason of a failure, and the checks of arguments at their
+boundary (each names the argument, what it got and what was expected). Files are written through
+:func:`jaxmlp._files.atomic_write`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import operator
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,30 +88,10 @@ def as_dtype(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return value
 
 
-def fsync_directory(path: Path) -> None:
-    """Make a directory's entries (a new file, a rename) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems cannot sync a directory; nothing more to do there
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-_OS_ERROR_CODE = re.compile(r"os_error_code=(\d+)")
-
-
 def one_line(error: BaseException) -> str:
     """The first line of an error, with the operating system's reason first (e.g. "No space
-    left on device"), also where tensorstore (format 1) buries it far down its message."""
+    left on device")."""
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    text = str(error).strip()
-    lines = text.splitlines()
-    first = lines[0][:300] if lines else type(error).__name__
-    code = _OS_ERROR_CODE.search(text)
-    if code:
-        return f"{os.strerror(int(code.group(1)))} ({first})"
-    return first
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__

@@ -4,14 +4,14 @@
 ``params/<layer>/b`` (named as in a checkpoint's ``arrays.npz``) and ``header``, a 0-d string
 array holding JSON: ``"format": "jaxmlp-params"``, ``"version"``, the layer sizes, the dtype,
 the name, dtype and shape of every array, their sha256 (as in a checkpoint's ``meta.json``),
-the time it was saved and whatever the caller adds. It is written to a hidden temporary file in
-the same folder, fsynced and renamed over the destination: the file is whole or absent. Any
-NumPy reads it (``np.load(path)["params/0/w"]``); :func:`load_params` also verifies it.
+the time it was saved and whatever the caller adds. It is written through
+:func:`jaxmlp._files.atomic_write` (a hidden temporary file in the same folder, fsynced and
+renamed over the destination): the file is whole or absent. Any NumPy reads it
+(``np.load(path)["params/0/w"]``); :func:`load_params` also verifies it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmlp import _validation
+from jaxmlp._files import atomic_write
 from jaxmlp.checkpoints._common import (
     CheckpointError,
     as_dtype,
     check_meta,
     check_path,
     checksum,
-    fsync_directory,
     named_leaves,
     one_line,
 )
@@ -83,18 +83,9 @@ def save_params(
         **extra,
     }
     text = json.dumps(header, indent=1)  # a caller's unserializable meta fails here
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **{PARAMS_HEADER: np.array(text)}, **dict(named))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
+        atomic_write(path, lambda f: np.savez(f, **{PARAMS_HEADER: np.array(text)}, **dict(named)))
     except Exception as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CheckpointError(f"cannot save the parameters to {path}: {one_line(e)}") from e
     return path
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxmlp import _validation
-from jaxmlp.checkpoints import _orbax_v1
+from jaxmlp._files import atomic_write, fsync_directory
 from jaxmlp.checkpoints._common import (
     CheckpointError,
     as_dtype,
@@ -25,7 +25,6 @@ from jaxmlp.checkpoints._common import (
     check_meta,
     check_path,
     checksum,
-    fsync_directory,
     named_leaves,
     one_line,
 )
@@ -118,14 +117,10 @@ def list_steps(directory: str | os.PathLike[str]) -> list[int]:
 
 
 def _complete_step(path: Path) -> bool:
-    """A finished step: a numbered directory with its metadata (``meta.json``, written before
-    the directory got its number; or format 1's ``_CHECKPOINT_METADATA``). A numbered directory
-    without it is what an older version's in-place deletion, or damage, left."""
-    return (
-        path.is_dir()
-        and path.name.isdigit()
-        and ((path / META_FILE).is_file() or _orbax_v1.is_step(path))
-    )
+    """A finished step: a numbered directory with its ``meta.json`` (written before the
+    directory got its number). A numbered directory without it is damage, or a deletion made
+    in place by some other program."""
+    return path.is_dir() and path.name.isdigit() and (path / META_FILE).is_file()
 
 
 def save(
@@ -174,15 +169,9 @@ def save(
         directory.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(directory)
         tmp.mkdir()
-        with open(tmp / ARRAYS_FILE, "wb") as f:
-            np.savez(f, **dict(named))
-            f.flush()
-            os.fsync(f.fileno())
-        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_directory(tmp)
+        # Each file is fsynced, and so is tmp (atomic_write syncs the folder it writes in).
+        atomic_write(tmp / ARRAYS_FILE, lambda f: np.savez(f, **dict(named)))
+        atomic_write(tmp / META_FILE, lambda f: f.write(text.encode("utf-8")))
         if final.exists():
             # A step saved earlier and then abandoned (the run fell back past it): replace it.
             _remove_step(directory, epoch)
@@ -206,16 +195,11 @@ def _remove_step(directory: Path, step: int) -> None:
 
 
 def _remove_leftovers(directory: Path) -> None:
-    """Remove what killed processes left: unfinished saves (``.tmp-``, or format 1's orbax
-    temporary directories), deletions they started (``.deleting-``) and numbered directories
-    half-deleted in place (by format 1)."""
+    """Remove what killed processes left: unfinished saves (``.tmp-``), deletions they started
+    (``.deleting-``), and numbered directories without their ``meta.json``."""
     for leftover in directory.iterdir():
         unfinished = leftover.name.isdigit() and not _complete_step(leftover)
-        if (
-            leftover.name.startswith((_TMP, _DELETING))
-            or _orbax_v1.TMP_NAME.match(leftover.name)
-            or unfinished
-        ):
+        if leftover.name.startswith((_TMP, _DELETING)) or unfinished:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -226,7 +210,7 @@ Shapes = list[tuple[str, tuple[int, ...], str]]
 
 
 def _shapes(tree: Any) -> Shapes:
-    """``(name, shape, dtype)`` of every leaf (arrays, or orbax's array metadata)."""
+    """``(name, shape, dtype)`` of every array in ``tree``."""
     return [
         (name, tuple(leaf.shape), str(np.dtype(leaf.dtype))) for name, leaf in named_leaves(tree)
     ]
@@ -314,23 +298,15 @@ def _read_step(directory: Path, epoch: int, want: dict[str, Any]) -> tuple[dict,
       _Unusable: the step cannot be read, or its arrays do not match their sha256.
     """
     step_dir = directory / str(epoch)
-    meta: dict[str, Any] | None = None
     try:
-        if (step_dir / META_FILE).is_file():
-            meta = _read_meta_file(step_dir)
-            on_disk = _meta_shapes(meta)
-        elif _orbax_v1.is_step(step_dir):
-            on_disk = _shapes(_orbax_v1.array_metadata(step_dir))
-        else:
+        if not (step_dir / META_FILE).is_file():
             raise ValueError(f"incomplete: no {META_FILE} (a save or a deletion was interrupted)")
+        meta = _read_meta_file(step_dir)
     except Exception as e:
         raise _Unusable(f"unreadable metadata ({one_line(e)})") from e
-    _check_compatible(epoch, directory, on_disk, _shapes(want))
+    _check_compatible(epoch, directory, _meta_shapes(meta), _shapes(want))
     try:
-        if meta is None:
-            arrays, meta = _orbax_v1.restore(step_dir, want)
-        else:
-            arrays = _load_arrays(step_dir, want)
+        arrays = _load_arrays(step_dir, want)
         if meta.get("sha256") != checksum(arrays):
             raise ValueError("the arrays do not match the sha256 saved with them")
     except Exception as e:
@@ -463,8 +439,6 @@ def read_meta(directory: str | os.PathLike[str], epoch: int) -> dict[str, Any]:
     """
     directory = check_path("directory", directory)
     step_dir = directory / str(check_count("epoch", epoch))
-    if (step_dir / META_FILE).is_file():
-        return _read_meta_file(step_dir)
-    if _orbax_v1.is_step(step_dir):
-        return _orbax_v1.read_meta(step_dir)
-    raise _no_checkpoint(directory, epoch)
+    if not (step_dir / META_FILE).is_file():
+        raise _no_checkpoint(directory, epoch)
+    return _read_meta_file(step_dir)

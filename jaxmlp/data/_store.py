@@ -1,5 +1,5 @@
 """Where the official files are kept and how they are checked: data roots, the user cache,
-verification, :func:`status`, the decoded ``.npy`` cache and atomic writes.
+verification, :func:`status`, the decoded ``.npy`` cache and writing a file.
 
 A *data root* holds one folder per dataset with the official file names, e.g.
 ``<root>/mnist/train-images-idx3-ubyte.gz``. A file counts only after its sha256 matched.
@@ -7,18 +7,17 @@ A *data root* holds one folder per dataset with the official file names, e.g.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import IO, Literal
 
 import numpy as np
 
+from jaxmlp._files import atomic_write
 from jaxmlp.data._errors import CacheError, CacheWarning, ChecksumError, DataError, FormatError
 from jaxmlp.data._idx import describe_idx, gunzip, parse_idx
 from jaxmlp.data._specs import DATASETS, FILE_KEYS, FileSpec, dataset_spec
@@ -169,38 +168,26 @@ def status(
 # Writing
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Writes through a temp file in the same folder and renames it into place.
-
-    Args:
-        path: the file to create or replace.
-        write: called with the open binary temp file.
+def write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Creates or replaces one file of a data root or the cache through
+    :func:`jaxmlp._files.atomic_write` (``write`` is called with the open binary file).
 
     Raises:
-        CacheError: the folder cannot be created or written (no partial file is left).
+        CacheError: the folder cannot be created or written (no partial file is left, an older
+            file is intact); the message asks for a writable cache directory when the folder
+            is not one.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        atomic_write(path, write)
     except OSError as e:
-        raise CacheError(
-            f"cannot write {path}: {e}; expected a writable cache directory (set XDG_CACHE_HOME "
-            "or pass a writable directory)"
-        ) from e
-    try:
-        # mkstemp creates 0600; cached data is not secret and may be shared.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CacheError(f"cannot write {path}: {e}") from e
-        raise
+        folder = path.parent
+        hint = (
+            ""
+            if folder.is_dir() and os.access(folder, os.W_OK)
+            else "; expected a writable cache directory (set XDG_CACHE_HOME or pass a writable "
+            "directory)"
+        )
+        raise CacheError(f"cannot write {path}: {e}{hint}") from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +214,7 @@ def _read_decoded(path: Path, spec: FileSpec) -> np.ndarray | None:
 
 def _write_decoded(path: Path, arr: np.ndarray) -> None:
     try:
-        atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+        write_file(path, lambda f: np.save(f, arr, allow_pickle=False))
     except CacheError as e:
         warnings.warn(f"decoded arrays not cached: {e}", CacheWarning, stacklevel=4)
 
