@@ -22,6 +22,7 @@ libraries), not a proof: say so when you report them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 
@@ -120,22 +121,12 @@ def noise_multiplier_for_epsilon(
     import dp_accounting
 
     lowest, highest = 0.3, 1e4
-    at_lowest = epsilon(
-        noise_multiplier=lowest,
-        sampling_rate=sampling_rate,
-        steps=steps,
-        delta=delta,
-        accountant=accountant,
+    spent_with = functools.partial(
+        epsilon, sampling_rate=sampling_rate, steps=steps, delta=delta, accountant=accountant
     )
-    if at_lowest <= target_epsilon:
+    if spent_with(noise_multiplier=lowest) <= target_epsilon:
         return lowest
-    spent = epsilon(
-        noise_multiplier=highest,
-        sampling_rate=sampling_rate,
-        steps=steps,
-        delta=delta,
-        accountant=accountant,
-    )
+    spent = spent_with(noise_multiplier=highest)
     if not spent <= target_epsilon:
         raise ValueError(
             f"target_epsilon={target_epsilon!r} cannot be met: even noise multiplier {highest:g} "

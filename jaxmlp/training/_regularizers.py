@@ -1,5 +1,5 @@
 """Regularisers applied inside the compiled step: random image transformations, max-norm, and
-the two adversarial losses (fast gradient sign, virtual adversarial)."""
+virtual adversarial training (the fast gradient sign is a gradient method of ``_step``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from jaxmlp.losses import batch_loss, batch_masks, log_softmax, weighted_mean
+from jaxmlp.losses import batch_masks, log_softmax, weighted_mean
 from jaxmlp.model import Params, forward_pass
 from jaxmlp.training._options import ModelOptions
 
@@ -109,37 +109,6 @@ def clip_max_norm(params: Params, max_norm: float) -> Params:
         return {"w": layer["w"] * factor, "b": layer["b"]}
 
     return [clip(layer) for layer in params]
-
-
-# --------------------------------------------------------------------------------------------
-# Fast gradient sign (Goodfellow et al. 2015)
-
-
-def adversarial_loss_and_grads(
-    options: ModelOptions,
-    params: Params,
-    x: Float[Array, "batch features"],
-    labels: Array,
-    *,
-    dropout_key: PRNGKeyArray | None = None,
-    weights: Array | None = None,
-) -> tuple[Array, Params, Array]:
-    """``(loss, grads, logits)`` of fast-gradient-sign adversarial training:
-    ``(1 - w) * loss(x) + w * loss(x + eps * sign(grad_x loss(x)))`` with ``eps`` =
-    ``options.adversarial_epsilon`` and ``w`` = ``options.adversarial_weight``. One pass gives
-    the clean loss's gradients with respect to the parameters and the inputs; a second scores
-    the perturbed inputs under the same dropout masks. ``logits`` are the clean pass's."""
-    value_and_grad = jax.value_and_grad(batch_loss, argnums=(1, 2), has_aux=True)
-    (clean, logits), (clean_grads, x_grad) = value_and_grad(
-        options.loss, params, x, labels, key=dropout_key, weights=weights
-    )
-    x_adv = jax.lax.stop_gradient(x + options.adversarial_epsilon * jnp.sign(x_grad))
-    (adversarial, _), adversarial_grads = jax.value_and_grad(batch_loss, 1, has_aux=True)(
-        options.loss, params, x_adv, labels, key=dropout_key, weights=weights
-    )
-    a = options.adversarial_weight
-    grads = jax.tree.map(lambda c, g: (1 - a) * c + a * g, clean_grads, adversarial_grads)
-    return (1 - a) * clean + a * adversarial, grads, logits
 
 
 # --------------------------------------------------------------------------------------------

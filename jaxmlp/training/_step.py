@@ -15,7 +15,6 @@ from jaxmlp.model import Params
 from jaxmlp.per_example import clipped_grad_sum
 from jaxmlp.training._options import ModelOptions
 from jaxmlp.training._regularizers import (
-    adversarial_loss_and_grads,
     augment_images,
     check_square_images,
     clip_max_norm,
@@ -34,16 +33,29 @@ def loss_and_grads(
     weights: Array | None = None,
 ) -> tuple[Array, Params, Array]:
     """``(loss, grads, logits)`` of one batch by the gradient method ``options`` ask for:
-    autodiff, the hand-derived backprop, or autodiff of the fast-gradient-sign mix."""
+    autodiff, the hand-derived backprop, or autodiff of the fast-gradient-sign mix.
+
+    Fast gradient sign (Goodfellow et al. 2015): ``(1 - w) * loss(x) + w * loss(x + eps *
+    sign(grad_x loss(x)))`` with ``eps`` = ``options.adversarial_epsilon`` and ``w`` =
+    ``options.adversarial_weight``. One pass gives the clean loss's gradients with respect to the
+    parameters and the inputs; a second scores the perturbed inputs under the same dropout
+    masks. ``logits`` are the clean pass's.
+    """
     if options.gradient == "backprop":
         return batch_backprop(options.loss, params, x, labels, key=dropout_key, weights=weights)
-    if options.adversarial_epsilon:
-        return adversarial_loss_and_grads(
-            options, params, x, labels, dropout_key=dropout_key, weights=weights
+    adversarial = bool(options.adversarial_epsilon)
+    (loss, logits), grads = jax.value_and_grad(
+        batch_loss, argnums=(1, 2) if adversarial else 1, has_aux=True
+    )(options.loss, params, x, labels, key=dropout_key, weights=weights)
+    if adversarial:
+        clean_grads, x_grad = grads
+        x_adv = jax.lax.stop_gradient(x + options.adversarial_epsilon * jnp.sign(x_grad))
+        (perturbed, _), perturbed_grads = jax.value_and_grad(batch_loss, 1, has_aux=True)(
+            options.loss, params, x_adv, labels, key=dropout_key, weights=weights
         )
-    (loss, logits), grads = jax.value_and_grad(batch_loss, 1, has_aux=True)(
-        options.loss, params, x, labels, key=dropout_key, weights=weights
-    )
+        a = options.adversarial_weight
+        grads = jax.tree.map(lambda c, g: (1 - a) * c + a * g, clean_grads, perturbed_grads)
+        loss = (1 - a) * loss + a * perturbed
     return loss, grads, logits
 
 
