@@ -231,16 +231,7 @@ def fit(
         state, metrics = compiled(state, x_train, y_train)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
-        if metrics["diverged_at_step"] >= 0:
-            step = int(metrics["diverged_at_step"]) + 1
-            raise DivergenceError(
-                f"non-finite loss or gradient at epoch {epoch}, step {step}; "
-                "try a lower learning rate",
-                before,
-                epoch,
-                step,
-                history,
-            )
+        _raise_if_diverged(metrics, epoch, before, history)
         record: Record = {
             "epoch": epoch,
             "loss": float(metrics["loss"]),
@@ -256,6 +247,21 @@ def fit(
         if on_epoch_end is not None and on_epoch_end(state, record) is True:
             break
     return state, history
+
+
+def _raise_if_diverged(metrics, epoch: int, before: TrainState, history: list[Record]) -> None:
+    """A :class:`DivergenceError` for an epoch whose metrics name a non-finite step; ``before``
+    is the state from the start of that epoch."""
+    if metrics["diverged_at_step"] < 0:
+        return
+    step = int(metrics["diverged_at_step"]) + 1
+    raise DivergenceError(
+        f"non-finite loss or gradient at epoch {epoch}, step {step}; try a lower learning rate",
+        before,
+        epoch,
+        step,
+        history,
+    )
 
 
 def _accountant(options: ModelOptions, dp_delta, dp_accountant):
