@@ -9,6 +9,7 @@ pin the decompressed IDX bytes and the array bytes after the IDX header.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 from jaxmlp.data._idx import IMAGES_MAGIC, LABELS_MAGIC
@@ -83,52 +84,98 @@ class DatasetSpec:
     tfds_name: str
 
 
+# The four official files: the same names and shapes in both datasets.
+_LAYOUT = {
+    "train_images": ("train-images-idx3-ubyte.gz", (60000, IMAGE_SIDE, IMAGE_SIDE)),
+    "train_labels": ("train-labels-idx1-ubyte.gz", (60000,)),
+    "test_images": ("t10k-images-idx3-ubyte.gz", (10000, IMAGE_SIDE, IMAGE_SIDE)),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", (10000,)),
+}
+
+# What differs per file, in the order of FileSpec: sha256 and bytes of the official gzip file,
+# sha256 of its IDX content and of the array bytes after the IDX header, and its gzip MTIME.
+_CHECKSUMS = {
+    "mnist": {
+        "train_images": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            9912422,
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+            0x3290827A,
+        ),
+        "train_labels": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            28881,
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+            0x32908286,
+        ),
+        "test_images": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            1648877,
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+            0x34CCA6AD,
+        ),
+        "test_labels": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            4542,
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+            0x34CCA6C4,
+        ),
+    },
+    "fashion_mnist": {
+        "train_images": (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            26421880,
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+            0x59A7E9DE,
+        ),
+        "train_labels": (
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            29515,
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+            0x59A7E9DE,
+        ),
+        "test_images": (
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            4422102,
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+            0x59A7E9F3,
+        ),
+        "test_labels": (
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            5148,
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+            0x59A7E9F3,
+        ),
+    },
+}
+
+
+def _files(dataset: str) -> dict[str, FileSpec]:
+    """The four :class:`FileSpec` of ``dataset``: the shared layout and its checksums. The IDX
+    content is a 4-byte magic, one uint32 per dimension, then one byte per element."""
+    files = {}
+    for key, (filename, shape) in _LAYOUT.items():
+        sha256, size, content_sha256, payload_sha256, mtime = _CHECKSUMS[dataset][key]
+        content_size = 4 * (1 + len(shape)) + math.prod(shape)
+        files[key] = FileSpec(
+            filename, sha256, size, content_sha256, content_size, payload_sha256, shape, mtime
+        )
+    return files
+
+
 DATASETS: Mapping[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
-        files={
-            "train_images": FileSpec(
-                filename="train-images-idx3-ubyte.gz",
-                sha256="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-                size=9912422,
-                content_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                content_size=47040016,
-                payload_sha256="741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
-                shape=(60000, 28, 28),
-                gzip_mtime=0x3290827A,
-            ),
-            "train_labels": FileSpec(
-                filename="train-labels-idx1-ubyte.gz",
-                sha256="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-                size=28881,
-                content_sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                content_size=60008,
-                payload_sha256="1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
-                shape=(60000,),
-                gzip_mtime=0x32908286,
-            ),
-            "test_images": FileSpec(
-                filename="t10k-images-idx3-ubyte.gz",
-                sha256="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                size=1648877,
-                content_sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                content_size=7840016,
-                payload_sha256="6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-                shape=(10000, 28, 28),
-                gzip_mtime=0x34CCA6AD,
-            ),
-            "test_labels": FileSpec(
-                filename="t10k-labels-idx1-ubyte.gz",
-                sha256="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-                size=4542,
-                content_sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-                content_size=10008,
-                payload_sha256="ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
-                shape=(10000,),
-                gzip_mtime=0x34CCA6C4,
-            ),
-        },
-        class_names=tuple(str(i) for i in range(10)),
+        files=_files("mnist"),
+        class_names=tuple(str(i) for i in range(NUM_CLASSES)),
         # The customary values (PyTorch examples); exact: 0.130660, 0.308108.
         mean=0.1307,
         std=0.3081,
@@ -138,50 +185,10 @@ DATASETS: Mapping[str, DatasetSpec] = {
         ),
         tfds_name="mnist",
     ),
+    # Fashion-MNIST is MNIST's layout with its own files, classes, statistics and mirror.
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
-        files={
-            "train_images": FileSpec(
-                filename="train-images-idx3-ubyte.gz",
-                sha256="3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                size=26421880,
-                content_sha256="c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                content_size=47040016,
-                payload_sha256="2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
-                shape=(60000, 28, 28),
-                gzip_mtime=0x59A7E9DE,
-            ),
-            "train_labels": FileSpec(
-                filename="train-labels-idx1-ubyte.gz",
-                sha256="a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-                size=29515,
-                content_sha256="bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                content_size=60008,
-                payload_sha256="657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
-                shape=(60000,),
-                gzip_mtime=0x59A7E9DE,
-            ),
-            "test_images": FileSpec(
-                filename="t10k-images-idx3-ubyte.gz",
-                sha256="346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                size=4422102,
-                content_sha256="5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                content_size=7840016,
-                payload_sha256="c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
-                shape=(10000, 28, 28),
-                gzip_mtime=0x59A7E9F3,
-            ),
-            "test_labels": FileSpec(
-                filename="t10k-labels-idx1-ubyte.gz",
-                sha256="67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-                size=5148,
-                content_sha256="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                content_size=10008,
-                payload_sha256="3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
-                shape=(10000,),
-                gzip_mtime=0x59A7E9F3,
-            ),
-        },
+        files=_files("fashion_mnist"),
         class_names=(
             "t-shirt",
             "trouser",
