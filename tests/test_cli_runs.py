@@ -323,3 +323,35 @@ def test_bad_dp_options_are_one_line_errors_before_training(extra, fragments, tm
     code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, *extra)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "mnist").exists()
+
+
+@pytest.mark.parametrize(("batch_sampling", "steps"), [("poisson", 107), ("shuffle", 108)])
+def test_the_schedule_of_a_run_ends_on_its_last_step(batch_sampling, steps):
+    # 55,000 examples at batch 512: 108 shuffled steps an epoch, but 107 Poisson-sampled ones.
+    # The cosine schedule of the run must reach zero exactly after the last step trained.
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmlp.cli import runs
+
+    config = cfglib.from_mapping(
+        {
+            "hidden": [],
+            "epochs": 2,
+            "batch_size": 512,
+            "batch_sampling": batch_sampling,
+            "optimizer": "sgd",
+            "learning_rate": 0.1,
+            "schedule": "cosine",
+            "dropout_rate": 0.0,
+        },
+        source="",
+    )
+    state = runs.build_state(config, 55_000)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    opt_state, rates = state.opt_state, []
+    for _ in range(2 * steps + 1):
+        updates, opt_state = state.optimizer.update(grads, opt_state, state.params)
+        rates.append(-float(updates[0]["b"][0]))
+    assert rates[2 * steps - 1] > 0.0  # the last step trained still learns
+    assert rates[2 * steps] == 0.0  # and the schedule ends there

@@ -4,9 +4,6 @@ run back, and what every command builds from a run's configuration (data, state,
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmlp import _files
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli.config import RunConfig
 from jaxmlp.cli.output import PROG, CliError, Output
@@ -36,19 +34,18 @@ PLOT_FILES = {
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, fsynced, renamed over."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write JSON atomically (:func:`jaxmlp._files.write_json`); an OSError becomes one line."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _files.write_json(path, document)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CliError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def steps_per_epoch(config: RunConfig, n_train: int) -> int:
+    """The optimizer steps of one epoch of this run (:func:`jaxmlp.steps_per_epoch`)."""
+    from jaxmlp.training import steps_per_epoch
+
+    return steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
 
 
 def resolve_run(run: str, runs_dir: str) -> Path:
@@ -141,13 +138,14 @@ def _dtype(config: RunConfig):
 def build_state(config: RunConfig, n_train: int):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
-    The learning-rate schedule spans ``epochs * ceil(n_train / batch_size)`` steps.
+    The learning-rate schedule spans ``epochs * jaxmlp.steps_per_epoch(n_train, batch_size,
+    batch_sampling)`` steps: it ends on the last step trained.
     """
     import jax
 
     import jaxmlp
 
-    total_steps = config.epochs * math.ceil(n_train / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch(config, n_train)
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,

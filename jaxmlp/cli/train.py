@@ -9,7 +9,6 @@ the table and progress bar, Ctrl-C, and the test scores and plots at the end.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,6 @@ def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, d
     return config, requested, name
 
 
-def steps_per_epoch(config: RunConfig, n_train: int) -> int:
-    """Optimizer steps in one epoch: ceil(n / batch) shuffled batches, or round(n / batch)
-    Poisson-sampled ones."""
-    if config.batch_sampling == "poisson":
-        return max(1, round(n_train / config.batch_size))
-    return math.ceil(n_train / config.batch_size)
-
-
 def calibrated(config: RunConfig) -> RunConfig:
     """The config with the noise multiplier whose whole run spends ``dp_target_epsilon`` at
     ``dp_delta`` (sampling rate batch_size / n, all epochs' steps)."""
@@ -79,7 +70,7 @@ def calibrated(config: RunConfig) -> RunConfig:
     sigma = privacy.noise_multiplier_for_epsilon(
         target_epsilon=config.dp_target_epsilon,
         sampling_rate=config.batch_size / n_train,
-        steps=config.epochs * steps_per_epoch(config, n_train),
+        steps=config.epochs * runs.steps_per_epoch(config, n_train),
         delta=config.dp_delta,
         accountant=config.dp_accountant,
     )
@@ -151,7 +142,7 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
     # history.json always matches the checkpoint it continues from: no gap, no repeat.
     runs.write_json(run_dir / runs.HISTORY_FILE, history)
 
-    steps = steps_per_epoch(config, n_train)
+    steps = runs.steps_per_epoch(config, n_train)
     n_val = len(validation[1]) if validation else 0
     out.line(
         f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
