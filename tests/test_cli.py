@@ -124,7 +124,7 @@ def test_resume_refuses_changed_hyperparameters(trained, capsys):
         "--runs-dir",
         run_dir.parent,
         "--resume",
-        "--dropout",
+        "--dropout-rate",
         "0.5",
     )
     assert_one_line_error(code, err, "dropout")
@@ -317,7 +317,7 @@ def test_data_status(needs_data, capsys):
     ("argv", "fragments"),
     [
         (["train", "--epochs", "0"], ["epochs"]),
-        (["train", "--dropout", "1.5"], ["dropout"]),
+        (["train", "--dropout-rate", "1.5"], ["dropout_rate"]),
         (["train", "--augment-rotate", "200"], ["augment_rotate=200.0", "[0, 180]"]),
         (["train", "--augment-scale", "1"], ["augment_scale=1.0", "[0, 1)"]),
         (["train", "--augment-scale", "-0.1"], ["augment_scale"]),

@@ -124,7 +124,7 @@ def run_copy(base_run, tmp_path):
         ("run.toml", 'hidden = [64, "wide"]\n', ["hidden[1]", "integer"]),
         ("run.toml", "batch_size = 12.5\n", ["batch_size", "integer"]),
         ("run.toml", "seed = true\n", ["seed", "integer"]),
-        ("run.toml", 'dropout = "0.2"\n', ["dropout", "number"]),
+        ("run.toml", 'dropout_rate = "0.2"\n', ["dropout_rate", "number"]),
         ("run.toml", "learning_rate = nan\n", ["learning_rate", "finite"]),
         ("run.toml", "epochs = -1\n", ["epochs=-1", ">= 1"]),
         ("run.toml", 'optimizer = "adamw2"\n', ["optimizer='adamw2'"]),

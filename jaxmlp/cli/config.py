@@ -11,10 +11,8 @@ run directory's ``config.json`` use one flat set of keys, the library's own name
     optimizer = "adam"
     learning_rate = 1e-3
 
-Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``). Former
-spellings (``dropout``, ``input_dropout``, ``beta1``, ``beta2``, ``initial_accumulator``) are
-accepted as aliases, so older config files and run directories keep working. Values are
-checked here, at the boundary, by the rules of the classes that own them, so a wrong key, type
+Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``). Values
+are checked here, at the boundary, by the rules of the classes that own them, so a wrong key, type
 or combination is reported in one line before any data is loaded or anything is compiled.
 """
 
@@ -168,12 +166,9 @@ FIELDS: dict[str, dataclasses.Field] = {
     name: field for fields in _PARTS.values() for name, field in fields.items()
 }
 """Every key of a run configuration, flat: the run's own, then the model's, then the
-optimizer's. Each field's metadata holds its help text, group, choices and aliases."""
+optimizer's. Each field's metadata holds its help text, group and choices."""
 assert len(FIELDS) == sum(map(len, _PARTS.values())), "a key is defined twice"
 PART_OF: dict[str, str] = {name: part for part, fields in _PARTS.items() for name in fields}
-ALIASES: dict[str, str] = {
-    alias: name for name, field in FIELDS.items() for alias in field.metadata["aliases"]
-}
 _TYPES: dict[str, Any] = {
     **typing.get_type_hints(RunConfig),
     **typing.get_type_hints(ModelOptions),
@@ -280,10 +275,9 @@ _DEFAULT = RunConfig()
 
 
 def normalize_key(key: str) -> str:
-    """The canonical name of a key: written as on the command line (``learning-rate``) or by a
-    former name (``dropout`` for ``dropout_rate``)."""
-    name = key.replace("-", "_")
-    return ALIASES.get(name, name)
+    """The canonical name of a key, also when written as on the command line
+    (``learning-rate``)."""
+    return key.replace("-", "_")
 
 
 def from_mapping(

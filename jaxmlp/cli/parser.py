@@ -51,7 +51,7 @@ def _optional(base: type):
 
 
 def add_config_option(group, name: str, *, suppress: bool) -> None:
-    """The option of config key ``name``, with its former spellings as aliases."""
+    """The option of config key ``name``."""
     field = cfglib.FIELDS[name]
     base, optional = cfglib.field_kind(name)
     meta = field.metadata
@@ -72,7 +72,7 @@ def add_config_option(group, name: str, *, suppress: bool) -> None:
     if meta["choices"]:
         kwargs["choices"] = meta["choices"]
         kwargs.pop("metavar", None)
-    group.add_argument(flag(name), *map(flag, meta["aliases"]), **kwargs)
+    group.add_argument(flag(name), **kwargs)
 
 
 def _common() -> argparse.ArgumentParser:
