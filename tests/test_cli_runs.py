@@ -309,3 +309,23 @@ def test_the_schedule_of_a_run_ends_on_its_last_step(batch_sampling, steps):
         rates.append(-float(updates[0]["b"][0]))
     assert rates[2 * steps - 1] > 0.0  # the last step trained still learns
     assert rates[2 * steps] == 0.0  # and the schedule ends there
+
+
+def test_an_explicit_runs_dir_wins_over_the_config_file_s(needs_data, tmp_path, capsys, monkeypatch):
+    # Even when it is spelled as the default: the command line is parsed once, and a flag that
+    # was given is known to be given.
+    monkeypatch.chdir(tmp_path)
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('runs_dir = "from-file"\n')
+    code, _, err = run(
+        capsys, "train", "--config", config_file, "--runs-dir", "runs", "--name", "r", *TINY,
+        "--epochs", "1", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "runs" / "r" / "config.json").is_file()
+    assert not (tmp_path / "from-file").exists()
+    code, _, err = run(
+        capsys, "train", "--config", config_file, "--name", "r", *TINY, "--epochs", "1", "--quiet"
+    )
+    assert code == 0, err
+    assert (tmp_path / "from-file" / "r" / "config.json").is_file()

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             from jaxmlp.cli.train import cmd_train
 
-            return cmd_train(args, explicit_config_values(argv), out)
+            return cmd_train(args, explicit_config_values(args), out)
         if args.command == "evaluate":
             from jaxmlp.cli.evaluate import cmd_evaluate
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "summary":
             from jaxmlp.cli.summary import cmd_summary
 
-            return cmd_summary(args, explicit_config_values(argv), out)
+            return cmd_summary(args, explicit_config_values(args), out)
         from jaxmlp.cli.data import cmd_data
 
         return cmd_data(args)

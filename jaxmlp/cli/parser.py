@@ -50,23 +50,23 @@ def _optional(base: type):
     return parse
 
 
-def add_config_option(group, name: str, *, suppress: bool) -> None:
-    """The option of config key ``name``."""
+def add_config_option(group, name: str) -> None:
+    """The option of config key ``name``. It has no default in the parsed arguments, so that
+    they hold exactly the options given; the help states the run's default."""
     field = cfglib.FIELDS[name]
     base, optional = cfglib.field_kind(name)
     meta = field.metadata
     default = cfglib.default_value(name)
+    shown = list(default) if base is tuple else default
     kwargs: dict[str, Any] = {
-        "help": meta["help"],
-        "default": argparse.SUPPRESS if suppress else default,
+        "help": f"{meta['help']} (default: {shown})",
+        "default": argparse.SUPPRESS,
         "dest": name,
     }
     if meta["metavar"]:
         kwargs["metavar"] = meta["metavar"]
     if base is tuple:
         kwargs.update(nargs="*", type=int)
-        if not suppress:
-            kwargs["default"] = list(default)
     else:
         kwargs["type"] = _optional(base) if optional else base
     if meta["choices"]:
@@ -102,15 +102,11 @@ def _add_run_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(*, suppress_config_defaults: bool = False) -> argparse.ArgumentParser:
-    """The ``jaxmlp`` argument parser.
-
-    With ``suppress_config_defaults`` the options of the run configuration get no default, so
-    that parsing yields only the options given on the command line.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxmlp`` argument parser. The options of the run configuration parse to exactly
+    those given (see :func:`explicit_config_values`); the run's defaults fill in the rest."""
     from jaxmlp import data
 
-    suppress = suppress_config_defaults
     parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=Parser
@@ -145,7 +141,12 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
         default=None,
         help="run name; the run directory is RUNS_DIR/NAME (default: the dataset's name)",
     )
-    run.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of run directories")
+    run.add_argument(
+        "--runs-dir",
+        default=None,
+        metavar="DIR",
+        help="parent of run directories (default: the --config file's runs_dir, else runs)",
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -174,7 +175,7 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     _add_output_options(run)
     groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
     for name, field in cfglib.FIELDS.items():
-        add_config_option(groups[field.metadata["group"]], name, suppress=suppress)
+        add_config_option(groups[field.metadata["group"]], name)
 
     evaluate = add(
         "evaluate",
@@ -245,7 +246,7 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     )
     model = summary.add_argument_group("model")
     for name in SUMMARY_FIELDS:
-        add_config_option(model, name, suppress=suppress)
+        add_config_option(model, name)
     _add_output_options(summary, quiet=False)
 
     data_command = add("data", "show, fetch or prepare the datasets", data.COMMAND_DESCRIPTION)
@@ -253,7 +254,6 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     return parser
 
 
-def explicit_config_values(argv) -> dict[str, Any]:
-    """The run-configuration keys given on the command line ``argv`` (no defaults)."""
-    explicit = build_parser(suppress_config_defaults=True).parse_args(argv)
-    return {k: v for k, v in vars(explicit).items() if k in cfglib.FIELDS}
+def explicit_config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-configuration keys given on the command line, from its one parse."""
+    return {k: v for k, v in vars(args).items() if k in cfglib.FIELDS}

@@ -41,8 +41,8 @@ def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, d
         file_values = {cfglib.normalize_key(k): v for k, v in cfglib.read_file(args.config).items()}
     name = args.name or file_values.pop("name", None)
     runs_dir = file_values.pop("runs_dir", None)
-    if runs_dir is not None and args.runs_dir == "runs":
-        args.runs_dir = str(runs_dir)
+    if args.runs_dir is None:  # an explicit --runs-dir wins over the file's
+        args.runs_dir = str(runs_dir) if runs_dir is not None else "runs"
     base = cfglib.from_mapping(file_values, source=args.config) if file_values else RunConfig()
     config = cfglib.from_mapping(explicit, base=base, source="")
     requested = {**file_values, **explicit}
