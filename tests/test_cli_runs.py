@@ -311,7 +311,9 @@ def test_the_schedule_of_a_run_ends_on_its_last_step(batch_sampling, steps):
     assert rates[2 * steps] == 0.0  # and the schedule ends there
 
 
-def test_an_explicit_runs_dir_wins_over_the_config_file_s(needs_data, tmp_path, capsys, monkeypatch):
+def test_an_explicit_runs_dir_wins_over_the_config_file_s(
+    needs_data, tmp_path, capsys, monkeypatch
+):
     # Even when it is spelled as the default: the command line is parsed once, and a flag that
     # was given is known to be given.
     monkeypatch.chdir(tmp_path)
