@@ -29,6 +29,7 @@ from jaxmlp.cli.output import (
     epoch_row,
     progress_bar,
 )
+from jaxmlp.training._epoch import check_batch_size, check_mesh
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -94,55 +95,64 @@ def _data_parallel_mesh(config: RunConfig):
 
     from jaxmlp import sharding
 
-    mesh = sharding.data_parallel_mesh(jax.local_devices())
-    if config.batch_size % mesh.size:
-        raise CliError(
-            f"--batch-size {config.batch_size} does not divide over the "
-            f"{mesh.size} devices of --data-parallel; use a multiple of "
-            f"{mesh.size}"
-        )
-    return mesh
+    return sharding.data_parallel_mesh(jax.local_devices())
 
 
 def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> int:
-    import jaxmlp
-    from jaxmlp import checkpoints
-
     n_train = runs.train_size(config)
-    if config.batch_size > n_train:
-        raise CliError(
-            f"batch_size={config.batch_size} is larger than the {n_train} training "
-            f"examples; expected batch_size <= {n_train}"
-        )
     mesh = _data_parallel_mesh(config) if args.data_parallel else None
-    # Everything that can be checked without data is checked before loading it.
+    # Everything that can be checked without data is checked before loading it, by the rules
+    # fit itself applies (one rule each; fit's own check then finds nothing).
+    check_batch_size(config.batch_size, n_train)
+    check_mesh(mesh, config.batch_size)
     state = runs.build_state(config, n_train)
-    ds, (x_train, y_train), validation, test = runs.load_training_data(
+    ds, train, validation, test = runs.load_training_data(
         config, out, download=not args.no_download
     )
+    state, history = _start_run_dir(run_dir, config, state, out)
+    if mesh is not None:
+        from jaxmlp import sharding
 
+        out.line(sharding.describe(mesh))
+    _print_header(config, ds, n_train, validation, test, run_dir, out)
+    start_epoch = history[-1]["epoch"] if history else 0
+    if start_epoch < config.epochs:
+        out.line(epoch_header(config.model.is_private))
+    for record in history:
+        out.line(epoch_row(record))
+    if start_epoch < config.epochs:
+        code, state, history = _fit(
+            args, config, name, run_dir, out, state, history, train, validation, mesh
+        )
+        if code is not None:
+            return code
+    if not history:
+        raise CliError(f"{run_dir} has no completed epoch")
+    return _finish(args, config, state, history, ds, test, run_dir, out)
+
+
+def _start_run_dir(run_dir: Path, config: RunConfig, state, out: Output):
+    """Create the run directory and its config.json, and restore its last good checkpoint:
+    ``(state, history)`` to continue from (a fresh state and no history for a new run)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot create {run_dir}: {e.strerror or e}") from e
     runs.write_json(run_dir / runs.CONFIG_FILE, config.to_dict())
-
     history: list[dict[str, Any]] = []
-    start_epoch = 0
     restored = runs.restore_run(run_dir, config, out, target=state, quarantine=True)
     if restored is not None:
         state = restored.state
-        start_epoch = restored.epoch
-        history = [r for r in restored.meta.get("history", []) if r["epoch"] <= start_epoch]
-        out.line(f"resuming {run_dir} from the checkpoint of epoch {start_epoch}")
-    if mesh is not None:
-        from jaxmlp import sharding
-
-        out.line(sharding.describe(mesh))
+        history = [r for r in restored.meta.get("history", []) if r["epoch"] <= restored.epoch]
+        out.line(f"resuming {run_dir} from the checkpoint of epoch {restored.epoch}")
     # history.json always matches the checkpoint it continues from: no gap, no repeat.
     runs.write_json(run_dir / runs.HISTORY_FILE, history)
+    return state, history
 
-    steps = runs.steps_per_epoch(config, n_train)
+
+def _print_header(config: RunConfig, ds, n_train: int, validation, test, run_dir, out) -> None:
+    import jaxmlp
+
     n_val = len(validation[1]) if validation else 0
     out.line(
         f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
@@ -154,8 +164,7 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
         f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
         f"({config.normalize}); run directory: {run_dir}"
     )
-    private = config.dp_clip_norm is not None and config.dp_noise_multiplier > 0
-    if config.dp_clip_norm is not None:
+    if config.model.clips_gradients:
         out.line(
             f"DP-SGD: clip {config.dp_clip_norm:g}, noise multiplier "
             f"{config.dp_noise_multiplier:g}, {config.batch_sampling} batches; epsilon at delta "
@@ -166,65 +175,72 @@ def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> in
                 else ""
             )
         )
-    if start_epoch < config.epochs:
-        out.line(epoch_header(private))
-    for record in history:
+
+
+def _epoch_writer(run_dir: Path, config: RunConfig, history: list, bar, stop, out: Output):
+    """fit's ``on_epoch_end`` for a run directory: after each epoch its checkpoint, then
+    history.json, then the table row; it asks fit to stop after a Ctrl-C."""
+    from jaxmlp import checkpoints
+
+    def on_epoch_end(state, record) -> bool:
+        # The checkpoint of each epoch holds the history up to it (fit returns the same
+        # records when it is done).
+        history.append(record)
+        if bar is not None:
+            bar.finish()
+        # Checkpoint first, then history.json: after a crash between the two, resuming
+        # rebuilds history.json from the history stored inside the checkpoint.
+        checkpoints.save(
+            run_dir / runs.CHECKPOINT_DIR,
+            record["epoch"],
+            state,
+            meta={"history": history, "config": config.to_dict()},
+            keep=config.keep_checkpoints,
+        )
+        runs.write_json(run_dir / runs.HISTORY_FILE, history)
         out.line(epoch_row(record))
+        out.emit({"event": "epoch", **record})
+        return stop.requested and record["epoch"] < config.epochs
 
-    if start_epoch < config.epochs:
-        with progress_bar(not out.quiet, config.epochs) as bar, StopRequest(out) as stop:
+    return on_epoch_end
 
-            def on_epoch_end(state, record) -> bool:
-                # The checkpoint of each epoch holds the history up to it (fit returns the
-                # same records when it is done).
-                history.append(record)
-                if bar is not None:
-                    bar.finish()
-                # Checkpoint first, then history.json: after a crash between the two, resuming
-                # rebuilds history.json from the history stored inside the checkpoint.
-                checkpoints.save(
-                    run_dir / runs.CHECKPOINT_DIR,
-                    record["epoch"],
-                    state,
-                    meta={"history": history, "config": config.to_dict()},
-                    keep=config.keep_checkpoints,
-                )
-                runs.write_json(run_dir / runs.HISTORY_FILE, history)
-                out.line(epoch_row(record))
-                out.emit({"event": "epoch", **record})
-                return stop.requested and record["epoch"] < config.epochs
 
-            try:
-                state, history = jaxmlp.fit(
-                    x_train=x_train,
-                    y_train=y_train,
-                    state=state,
-                    history=list(history),
-                    epochs=config.epochs - start_epoch,
-                    batch_size=config.batch_size,
-                    validation_data=validation,
-                    on_epoch_end=on_epoch_end,
-                    progress=bar,
-                    mesh=mesh,
-                    dp_delta=config.dp_delta,
-                    dp_accountant=config.dp_accountant,
-                )
-            except jaxmlp.DivergenceError as e:
-                if bar is not None:
-                    bar.finish()
-                _report_divergence(e, config, steps, out)
-                return EXIT_FAILED
-            if stop.requested and history[-1]["epoch"] < config.epochs:
-                out.note(
-                    f"interrupted: stopped after epoch {history[-1]['epoch']}, checkpoint saved; "
-                    f"continue with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
-                    "--resume`"
-                )
-                return EXIT_INTERRUPTED
+def _fit(args, config: RunConfig, name: str, run_dir: Path, out: Output, state, history, train,
+         validation, mesh):  # fmt: skip
+    """The remaining epochs through :func:`jaxmlp.fit`: ``(exit status or None, state,
+    history)``, with a status when training diverged or was interrupted."""
+    import jaxmlp
 
-    if not history:
-        raise CliError(f"{run_dir} has no completed epoch")
-    return _finish(args, config, state, history, ds, test, run_dir, out)
+    start_epoch = history[-1]["epoch"] if history else 0
+    with progress_bar(not out.quiet, config.epochs) as bar, StopRequest(out) as stop:
+        try:
+            state, history = jaxmlp.fit(
+                x_train=train[0],
+                y_train=train[1],
+                state=state,
+                history=list(history),
+                epochs=config.epochs - start_epoch,
+                batch_size=config.batch_size,
+                validation_data=validation,
+                on_epoch_end=_epoch_writer(run_dir, config, history, bar, stop, out),
+                progress=bar,
+                mesh=mesh,
+                dp_delta=config.dp_delta,
+                dp_accountant=config.dp_accountant,
+            )
+        except jaxmlp.DivergenceError as e:
+            if bar is not None:
+                bar.finish()
+            _report_divergence(e, config, runs.steps_per_epoch(config, len(train[1])), out)
+            return EXIT_FAILED, state, history
+        if stop.requested and history[-1]["epoch"] < config.epochs:
+            out.note(
+                f"interrupted: stopped after epoch {history[-1]['epoch']}, checkpoint saved; "
+                f"continue with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
+                "--resume`"
+            )
+            return EXIT_INTERRUPTED, state, history
+    return None, state, history
 
 
 def _report_divergence(error, config: RunConfig, steps: int, out: Output) -> None:

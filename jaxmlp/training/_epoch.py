@@ -183,8 +183,8 @@ def check_mesh(mesh, batch_size: int) -> None:
     devices = mesh.shape["data"]
     if batch_size % devices:
         raise ValueError(
-            f"batch_size={batch_size} does not divide evenly over the {devices} devices of the "
-            f"mesh; expected a multiple of {devices}"
+            f"batch_size={batch_size} does not divide over the {devices} devices of the mesh; "
+            f"expected a multiple of {devices}"
         )
 
 
