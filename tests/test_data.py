@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxmlp import data
+from jaxmlp import cli, data
 from jaxmlp._files import atomic_write
 from jaxmlp.data._fetch import rewrap, store_matches
 from jaxmlp.data._load import holdout_indices
@@ -226,7 +226,7 @@ def test_no_source_fails_fast_with_instructions(isolated):
     msg = str(e.value)
     for f in data.DATASETS["fashion_mnist"].files.values():
         assert f.filename in msg and f.sha256 in msg
-    assert str(isolated) in msg and "jaxmlp.data fetch fashion_mnist" in msg
+    assert str(isolated) in msg and "python -m jaxmlp data fetch fashion_mnist" in msg
     assert isinstance(e.value, FileNotFoundError)
     # It ends by naming both ways to fetch, which also try the package registries.
     last = msg.splitlines()[-1]
@@ -328,7 +328,7 @@ def test_data_roots_order(tmp_path, monkeypatch):
 def test_status_missing(isolated):
     sts = data.status("mnist")
     assert [s.state for s in sts] == ["missing"] * 4
-    assert data.main(["status", "mnist"]) == 1
+    assert cli.main(["data", "status", "mnist"]) == 1
 
 
 def test_stratified_holdout_indices():

