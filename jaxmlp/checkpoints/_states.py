@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmlp import _validation
 from jaxmlp._files import atomic_write, fsync_directory
 from jaxmlp.checkpoints._common import (
     CheckpointError,
@@ -30,6 +29,9 @@ from jaxmlp.checkpoints._common import (
 )
 from jaxmlp.model import layer_sizes_of
 from jaxmlp.training import TrainState
+from jaxmlp.training._state import check_state
+
+_PARAMS_HINT = "use save_params / load_params"
 
 FORMAT_VERSION = 2
 
@@ -60,22 +62,6 @@ class Restored:
     epoch: int
     meta: dict[str, Any]
     skipped: tuple[tuple[int, str], ...] = ()
-
-
-def _check_state(argument: str, value: Any) -> TrainState:
-    if not isinstance(value, TrainState):
-        hint = (
-            "; for parameters alone use save_params / load_params"
-            if isinstance(value, (list, tuple))
-            else ""
-        )
-        raise TypeError(
-            f"{argument} must be a jaxmlp.TrainState, such as "
-            "jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, "
-            f"options=options), got {type(value).__name__}{hint}"
-        )
-    _validation.check_alive(value, argument)
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +133,7 @@ def save(
     """
     directory = check_path("directory", directory)
     epoch = check_count("epoch", epoch)
-    _check_state("state", state)
+    check_state(state, "state", params_hint=_PARAMS_HINT)
     keep = check_count("keep", keep)
     extra = check_meta(meta, _CHECKPOINT_KEYS)
     host = jax.device_get(state_arrays(state))
@@ -361,7 +347,7 @@ def restore(
             raise _no_checkpoint(Path(directory))
         return restored
     directory = check_path("directory", directory)
-    _check_state("target", target)
+    check_state(target, "target", params_hint=_PARAMS_HINT)
     epoch = check_count("epoch", epoch)
     if not (directory / str(epoch)).is_dir():
         raise _no_checkpoint(directory, epoch)
@@ -393,7 +379,7 @@ def restore_latest(
       TypeError, ValueError: a wrong argument.
     """
     directory = check_path("directory", directory)
-    _check_state("target", target)
+    check_state(target, "target", params_hint=_PARAMS_HINT)
     if quarantine is not None:
         quarantine = check_path("quarantine", quarantine)
     if on_skip is not None and not callable(on_skip):

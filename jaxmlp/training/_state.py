@@ -54,12 +54,19 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
-def check_state(state: Any, argument: str = "state") -> None:
-    """``state`` must be a :class:`TrainState` whose arrays are alive."""
+def check_state(state: Any, argument: str = "state", *, params_hint: str = "") -> None:
+    """``state`` must be a :class:`TrainState` whose arrays are alive. ``params_hint`` says what
+    to do instead when a parameter list was passed."""
     if not isinstance(state, TrainState):
+        hint = (
+            f"; for parameters alone {params_hint}"
+            if params_hint and isinstance(state, (list, tuple))
+            else ""
+        )
         raise TypeError(
-            f"{argument} must be a jaxmlp.TrainState (from jaxmlp.create_train_state), got "
-            f"{type(state).__name__}"
+            f"{argument} must be a jaxmlp.TrainState, such as "
+            "jaxmlp.create_train_state(jax.random.key(0), layer_sizes, optimizer, "
+            f"options=options), got {type(state).__name__}{hint}"
         )
     _validation.check_params(state.params)
     _validation.check_alive(state, argument)
