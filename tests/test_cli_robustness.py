@@ -24,12 +24,12 @@ from cli_support import (
     assert_one_line_error,
     history_epochs,
     require_mnist,
+    restore_final,
     run,
     small_run,
 )
 
 from jaxmlp import checkpoints, cli
-from jaxmlp.cli import config as cfglib
 
 TINY = small_run(16, "--no-plots")
 ASSETS = Path(__file__).parent / "assets" / "digits"
@@ -45,12 +45,6 @@ def snapshot(directory: Path) -> dict[str, str]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
-
-
-def restore(run_dir: Path) -> checkpoints.Restored:
-    config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
-    return checkpoints.restore_latest(run_dir / "checkpoints", target)
 
 
 def assert_same_arrays(a: checkpoints.Restored, b: checkpoints.Restored) -> None:
@@ -124,7 +118,7 @@ def run_copy(base_run, tmp_path):
         ("run.toml", 'hidden = [64, "wide"]\n', ["hidden[1]", "integer"]),
         ("run.toml", "batch_size = 12.5\n", ["batch_size", "integer"]),
         ("run.toml", "seed = true\n", ["seed", "integer"]),
-        ("run.toml", 'dropout = "0.2"\n', ["dropout", "number"]),
+        ("run.toml", 'dropout_rate = "0.2"\n', ["dropout_rate", "number"]),
         ("run.toml", "learning_rate = nan\n", ["learning_rate", "finite"]),
         ("run.toml", "epochs = -1\n", ["epochs=-1", ">= 1"]),
         ("run.toml", 'optimizer = "adamw2"\n', ["optimizer='adamw2'"]),
@@ -238,7 +232,7 @@ def test_resume_falls_back_past_two_damaged_checkpoints_and_recomputes_them(
     assert checkpoints.list_steps(run_copy / "checkpoints") == [1, 2, 3]
     assert len(list((run_copy / "checkpoints-unreadable").iterdir())) == 2
     # Epochs 2 and 3 trained again from epoch 1's checkpoint: the very same parameters.
-    assert_same_arrays(restore(run_copy), restore(base_run))
+    assert_same_arrays(restore_final(run_copy), restore_final(base_run))
     losses = [
         [r["loss"] for r in json.loads((d / "history.json").read_text())]
         for d in (run_copy, base_run)
@@ -314,7 +308,7 @@ def test_divergence_after_good_epochs_keeps_their_checkpoints(needs_data, tmp_pa
     assert f"last good checkpoint (epoch {saved[-1]}) is intact" in err
     assert history_epochs(run_dir) == saved
     assert not (run_dir / "metrics.json").exists()
-    good = restore(run_dir)
+    good = restore_final(run_dir)
     assert good.epoch == saved[-1] and good.skipped == ()
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(good.state.params))
     # Resuming diverges at the same step again and overwrites nothing.
@@ -429,7 +423,7 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
         saved = checkpoints.list_steps(run_dir / "checkpoints")
         assert len(saved) >= 1 and saved == list(range(1, len(saved) + 1)), saved
         assert history_epochs(run_dir) in (saved, saved[:-1])
-        assert restore(run_dir).epoch == saved[-1]
+        assert restore_final(run_dir).epoch == saved[-1]
         # With space again, --resume completes the run.
         subprocess.run(["mount", "-o", "remount,size=4m", str(mount_point)], check=True)
         code, out, err = run(
@@ -437,7 +431,7 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
         )
         assert code == 0, err
         assert history_epochs(run_dir) == [1, 2, 3, 4, 5, 6]
-        assert restore(run_dir).epoch == 6
+        assert restore_final(run_dir).epoch == 6
 
 
 def test_failing_write_of_the_first_checkpoint_leaves_no_checkpoint(needs_data, tmp_path, capsys):

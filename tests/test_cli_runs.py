@@ -1,6 +1,6 @@
 """``jaxmlp train`` as the one command of the main job: a run directory held by one process at a
-time, a missing dataset fetched by itself, older config spellings still understood, and user
-images too large to decode refused in one line."""
+time, a missing dataset fetched by itself, one name per option, a learning-rate schedule that
+ends on the last step trained, and user images too large to decode refused in one line."""
 
 from __future__ import annotations
 
@@ -178,66 +178,106 @@ def _offline(load):
 
 
 # --------------------------------------------------------------------------------------------
-# One schema, older spellings accepted
+# One schema, one name per option
 
 
-def test_former_option_names_are_aliases_of_the_library_s_names():
-    by_flag = cfglib.from_mapping(
-        {"dropout": 0.1, "input_dropout": 0.05, "beta1": 0.8, "beta2": 0.99}, source=""
-    )
-    assert by_flag.model.dropout_rate == 0.1 and by_flag.model.input_dropout_rate == 0.05
-    assert by_flag.optimization.b1 == 0.8 and by_flag.optimization.b2 == 0.99
-    adagrad = cfglib.from_mapping({"optimizer": "adagrad", "initial_accumulator": 0.2}, source="")
-    assert adagrad.optimization.initial_accumulator_value == 0.2
-    assert "dropout" not in by_flag.to_dict() and by_flag.to_dict()["dropout_rate"] == 0.1
-    # Every rule lives in the option classes: the run config reports their messages.
+def test_the_run_config_reports_the_rules_of_the_option_classes():
     with pytest.raises(cfglib.ConfigError, match=r"dropout_rate=1.5 is outside \[0, 1\)"):
-        cfglib.from_mapping({"dropout": 1.5}, source="")
+        cfglib.from_mapping({"dropout_rate": 1.5}, source="")
     with pytest.raises(cfglib.ConfigError, match="optimizer 'adam' does not take momentum"):
         cfglib.from_mapping({"momentum": 0.9}, source="")
 
 
-def test_a_run_directory_written_with_the_former_names_still_resumes(needs_data, tmp_path, capsys):
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "old",
-        *TINY,
-        "--epochs",
-        "1",
-        "--dropout",
-        "0.1",
-        "--quiet",
+@pytest.mark.parametrize(
+    ("former", "name"),
+    [
+        ("dropout", "dropout_rate"),
+        ("input_dropout", "input_dropout_rate"),
+        ("beta1", None),
+        ("beta2", None),
+        ("initial_accumulator", "initial_accumulator_value"),
+    ],
+)
+def test_a_former_name_is_an_unknown_key(former, name):
+    with pytest.raises(cfglib.ConfigError, match=f"unknown key '{former}'") as refused:
+        cfglib.from_mapping({former: 0.1}, source="")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1
+    if name is not None:
+        assert f"did you mean {name}?" in message
+
+
+def _train_run(*argv: str):
+    from jaxmlp.cli import parser, train
+
+    args = parser.build_parser().parse_args(["train", *argv])
+    return train.train_run(args, parser.given_config_values(args))
+
+
+def test_options_given_override_the_config_file_even_when_they_equal_the_defaults(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('runs_dir = "elsewhere"\nname = "filed"\nepochs = 3\nbatch_size = 64\n')
+    filed = _train_run("--config", str(path))
+    assert (filed.runs_dir, filed.name) == ("elsewhere", "filed")
+    assert filed.config.epochs == 3 and filed.config.batch_size == 64
+    given = _train_run(
+        "--config", str(path), "--runs-dir", "runs", "--name", "mine", "--batch-size", "128"
     )
-    assert code == 0, err
-    path = tmp_path / "old" / "config.json"
-    saved = json.loads(path.read_text())
-    former = {
-        "dropout_rate": "dropout",
-        "input_dropout_rate": "input_dropout",
-        "b1": "beta1",
-        "b2": "beta2",
-        "initial_accumulator_value": "initial_accumulator",
-    }
-    path.write_text(json.dumps({former.get(k, k): v for k, v in saved.items()}))
-    code, out, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "old",
-        "--resume",
-        "--epochs",
-        "2",
-        "--no-plots",
+    assert (given.runs_dir, given.name) == ("runs", "mine")
+    assert given.run_dir == Path("runs") / "mine"
+    assert given.config.epochs == 3 and given.config.batch_size == 128
+    assert given.requested == {"epochs": 3, "batch_size": 128}
+    assert _train_run().runs_dir == "runs" and _train_run().requested == {}
+
+
+# --------------------------------------------------------------------------------------------
+# The learning-rate schedule spans the steps trained
+
+
+@pytest.mark.parametrize(("sampling", "steps_per_epoch"), [("poisson", 3), ("shuffle", 4)])
+def test_the_schedule_of_a_run_ends_on_its_last_trained_step(sampling, steps_per_epoch):
+    """1000 examples in batches of 300: round(1000 / 300) = 3 Poisson-sampled steps per epoch,
+    ceil(1000 / 300) = 4 shuffled ones. The cosine schedule of the state a run builds decays over
+    exactly the steps fit trains: above its final value at the last step, at it right after."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxmlp
+    from jaxmlp.cli import runs
+
+    config = cfglib.from_mapping(
+        {
+            "train_limit": 1000,
+            "validation": 0,
+            "batch_size": 300,
+            "epochs": 2,
+            "hidden": [8],
+            "optimizer": "sgd",
+            "learning_rate": 0.1,
+            "schedule": "cosine",
+            "batch_sampling": sampling,
+        },
+        source="",
     )
-    assert code == 0, err
-    assert "resuming" in out
-    assert json.loads(path.read_text()) == {**saved, "epochs": 2}  # rewritten in today's names
+    n_train = runs.train_size(config)
+    assert jaxmlp.steps_per_epoch(n_train, 300, sampling) == steps_per_epoch
+    state = runs.build_state(config, n_train)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(n_train, 784)).astype(np.float32)
+    labels = rng.integers(0, 10, n_train).astype(np.int32)
+    trained, _ = jaxmlp.fit(x_train=images, y_train=labels, state=state, epochs=2, batch_size=300)
+    total = int(trained.step)
+    assert total == config.epochs * steps_per_epoch
+    # The state's own optimizer, stepped with a unit gradient: SGD's update is -lr(step).
+    tx, w = state.optimizer, jnp.zeros(())
+    opt_state, rates = tx.init(w), []
+    for _ in range(total + 1):
+        update, opt_state = tx.update(jnp.ones(()), opt_state, w)
+        rates.append(-float(jax.device_get(update)))
+    assert rates[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[:total], rates[1 : total + 1], strict=True))
+    assert rates[total - 1] > 0.0 and rates[total] == 0.0
 
 
 # --------------------------------------------------------------------------------------------

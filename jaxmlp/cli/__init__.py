@@ -16,7 +16,8 @@ in the arguments, a file or the data (one line on stderr; ``--debug`` shows the 
 130 interrupted (Ctrl-C; the last completed epoch's checkpoint is kept).
 
 Modules: ``config`` (the run configuration), ``parser``, ``output``, ``runs`` (run directories,
-their lock, what a configuration builds), and one module per command.
+their lock, what a configuration builds), and one module per command (``train``, ``evaluate``,
+``predict``, ``summary``, ``data``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import sys
 from collections.abc import Sequence
 
 from jaxmlp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError, Output
-from jaxmlp.cli.parser import build_parser, explicit_config_values
-from jaxmlp.cli.runs import build_state, train_size
+from jaxmlp.cli.parser import build_parser, given_config_values
 
-__all__ = ["CliError", "build_parser", "build_state", "main", "train_size"]
+__all__ = ["build_parser", "main"]
 
 
 def _error_line(error: BaseException) -> str:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             from jaxmlp.cli.train import cmd_train
 
-            return cmd_train(args, explicit_config_values(argv), out)
+            return cmd_train(args, given_config_values(args), out)
         if args.command == "evaluate":
             from jaxmlp.cli.evaluate import cmd_evaluate
 
@@ -82,10 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "summary":
             from jaxmlp.cli.summary import cmd_summary
 
-            return cmd_summary(args, explicit_config_values(argv), out)
+            return cmd_summary(args, given_config_values(args), out)
         from jaxmlp.cli.data import cmd_data
 
-        return cmd_data(args)
+        return cmd_data(args, out)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -11,16 +11,16 @@ run directory's ``config.json`` use one flat set of keys, the library's own name
     optimizer = "adam"
     learning_rate = 1e-3
 
-Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``). Former
-spellings (``dropout``, ``input_dropout``, ``beta1``, ``beta2``, ``initial_accumulator``) are
-accepted as aliases, so older config files and run directories keep working. Values are
-checked here, at the boundary, by the rules of the classes that own them, so a wrong key, type
-or combination is reported in one line before any data is loaded or anything is compiled.
+Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``; a file may
+spell it either way). Values are checked here, at the boundary, by the rules of the classes that
+own them, so a wrong key, type or combination is reported in one line before any data is loaded
+or anything is compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -168,12 +168,9 @@ FIELDS: dict[str, dataclasses.Field] = {
     name: field for fields in _PARTS.values() for name, field in fields.items()
 }
 """Every key of a run configuration, flat: the run's own, then the model's, then the
-optimizer's. Each field's metadata holds its help text, group, choices and aliases."""
+optimizer's. Each field's metadata holds its help text, group and choices."""
 assert len(FIELDS) == sum(map(len, _PARTS.values())), "a key is defined twice"
 PART_OF: dict[str, str] = {name: part for part, fields in _PARTS.items() for name in fields}
-ALIASES: dict[str, str] = {
-    alias: name for name, field in FIELDS.items() for alias in field.metadata["aliases"]
-}
 _TYPES: dict[str, Any] = {
     **typing.get_type_hints(RunConfig),
     **typing.get_type_hints(ModelOptions),
@@ -280,10 +277,14 @@ _DEFAULT = RunConfig()
 
 
 def normalize_key(key: str) -> str:
-    """The canonical name of a key: written as on the command line (``learning-rate``) or by a
-    former name (``dropout`` for ``dropout_rate``)."""
-    name = key.replace("-", "_")
-    return ALIASES.get(name, name)
+    """The name of a key written as on the command line (``learning-rate``)."""
+    return key.replace("-", "_")
+
+
+def _unknown_key(key: str, prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(normalize_key(key), FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{prefix}unknown key {key!r}{hint}; valid keys are {', '.join(FIELDS)}")
 
 
 def from_mapping(
@@ -296,7 +297,7 @@ def from_mapping(
     for key, value in values.items():
         name = normalize_key(str(key))
         if name not in FIELDS:
-            raise ConfigError(f"{prefix}unknown key {key!r}; valid keys are {', '.join(FIELDS)}")
+            raise _unknown_key(str(key), prefix)
         try:
             updates[PART_OF[name]][name] = _coerce(name, value)
         except ConfigError as e:

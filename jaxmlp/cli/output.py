@@ -12,10 +12,8 @@ import sys
 import threading
 from typing import Any
 
-from jaxmlp._commandline import EXIT_USAGE as EXIT_USAGE
-from jaxmlp._commandline import PROG as PROG
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+PROG = "jaxmlp"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CliError(Exception):

@@ -1,8 +1,10 @@
 """The ``jaxmlp`` argument parser, generated from the run configuration's fields.
 
 Every key of :class:`~jaxmlp.cli.config.RunConfig` (its own, :class:`jaxmlp.ModelOptions`'s and
-:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text,
-choices and former spellings declared on the field, so a flag and a config key never disagree.
+:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text and
+choices declared on the field, so a flag and a config key never disagree. Those options have no
+default in the parsed namespace (``argparse.SUPPRESS``; their help states the run's default):
+one parse tells both their values and which of them were given (:func:`given_config_values`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jaxmlp._commandline import PROG, HelpFormatter, Parser
 from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import data as data_command
+from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
 
@@ -32,6 +35,30 @@ SUMMARY_FIELDS = (
     "input_dropout_rate",
     "dtype",
 )
+DEFAULT_RUNS_DIR = "runs"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit status 2), and takes each
+    option by its one name only (no prefixes: ``--dropout`` is not ``--dropout-rate``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (unless the help already states it)."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def flag(name: str) -> str:
@@ -50,29 +77,38 @@ def _optional(base: type):
     return parse
 
 
-def add_config_option(group, name: str, *, suppress: bool) -> None:
-    """The option of config key ``name``, with its former spellings as aliases."""
+def _with_default(help: str, default: Any) -> str:
+    """``help`` ending in the default, as :class:`HelpFormatter` writes it, for an option whose
+    parsed default is ``argparse.SUPPRESS``."""
+    return f"{help} (default: {default})".replace("%", "%%")
+
+
+def add_config_option(group, name: str) -> None:
+    """The option of config key ``name``; absent from the namespace unless given."""
     field = cfglib.FIELDS[name]
     base, optional = cfglib.field_kind(name)
     meta = field.metadata
     default = cfglib.default_value(name)
     kwargs: dict[str, Any] = {
-        "help": meta["help"],
-        "default": argparse.SUPPRESS if suppress else default,
+        "help": _with_default(meta["help"], list(default) if base is tuple else default),
+        "default": argparse.SUPPRESS,
         "dest": name,
     }
     if meta["metavar"]:
         kwargs["metavar"] = meta["metavar"]
     if base is tuple:
         kwargs.update(nargs="*", type=int)
-        if not suppress:
-            kwargs["default"] = list(default)
     else:
         kwargs["type"] = _optional(base) if optional else base
     if meta["choices"]:
         kwargs["choices"] = meta["choices"]
         kwargs.pop("metavar", None)
-    group.add_argument(flag(name), *map(flag, meta["aliases"]), **kwargs)
+    group.add_argument(flag(name), **kwargs)
+
+
+def given_config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-configuration keys given on the command line, with their parsed values."""
+    return {k: v for k, v in vars(args).items() if k in cfglib.FIELDS}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -98,19 +134,16 @@ def _add_run_argument(parser: argparse.ArgumentParser) -> None:
         "run", metavar="RUN", help="run name (looked up in --runs-dir) or run directory"
     )
     parser.add_argument(
-        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+        "--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where run names are looked up"
     )
 
 
-def build_parser(*, suppress_config_defaults: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmlp`` argument parser.
 
-    With ``suppress_config_defaults`` the options of the run configuration get no default, so
-    that parsing yields only the options given on the command line.
+    The options of the run configuration and ``train``'s ``--runs-dir`` are in the parsed
+    namespace only when given (see :func:`given_config_values`).
     """
-    from jaxmlp import data
-
-    suppress = suppress_config_defaults
     parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=Parser
@@ -145,7 +178,12 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
         default=None,
         help="run name; the run directory is RUNS_DIR/NAME (default: the dataset's name)",
     )
-    run.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of run directories")
+    run.add_argument(
+        "--runs-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help=_with_default("parent of run directories", DEFAULT_RUNS_DIR),
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -174,7 +212,7 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     _add_output_options(run)
     groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
     for name, field in cfglib.FIELDS.items():
-        add_config_option(groups[field.metadata["group"]], name, suppress=suppress)
+        add_config_option(groups[field.metadata["group"]], name)
 
     evaluate = add(
         "evaluate",
@@ -235,7 +273,7 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
         help="run name or directory (default: describe the options below)",
     )
     summary.add_argument(
-        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+        "--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where run names are looked up"
     )
     summary.add_argument(
         "--config",
@@ -245,15 +283,9 @@ def build_parser(*, suppress_config_defaults: bool = False) -> argparse.Argument
     )
     model = summary.add_argument_group("model")
     for name in SUMMARY_FIELDS:
-        add_config_option(model, name, suppress=suppress)
+        add_config_option(model, name)
     _add_output_options(summary, quiet=False)
 
-    data_command = add("data", "show, fetch or prepare the datasets", data.COMMAND_DESCRIPTION)
-    data.add_command_arguments(data_command)
+    data = add("data", "show, fetch or prepare the datasets", data_command.DESCRIPTION)
+    data_command.add_arguments(data)
     return parser
-
-
-def explicit_config_values(argv) -> dict[str, Any]:
-    """The run-configuration keys given on the command line ``argv`` (no defaults)."""
-    explicit = build_parser(suppress_config_defaults=True).parse_args(argv)
-    return {k: v for k, v in vars(explicit).items() if k in cfglib.FIELDS}

@@ -4,9 +4,6 @@ run back, and what every command builds from a run's configuration (data, state,
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmlp import _files
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli.config import RunConfig
 from jaxmlp.cli.output import PROG, CliError, Output
@@ -36,18 +34,10 @@ PLOT_FILES = {
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, fsynced, renamed over."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write JSON atomically (:func:`jaxmlp._files.write_json`); a failure is a CliError."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _files.write_json(path, document)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CliError(f"cannot write {path}: {e.strerror or e}") from e
 
 
@@ -64,7 +54,7 @@ def resolve_run(run: str, runs_dir: str) -> Path:
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    """The effective config saved in a run directory (older key spellings accepted)."""
+    """The effective config saved in a run directory."""
     try:
         return cfglib.load(run_dir / CONFIG_FILE)
     except cfglib.ConfigError as e:
@@ -141,13 +131,15 @@ def _dtype(config: RunConfig):
 def build_state(config: RunConfig, n_train: int):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
-    The learning-rate schedule spans ``epochs * ceil(n_train / batch_size)`` steps.
+    The learning-rate schedule spans the whole run, ``epochs * steps_per_epoch`` steps (the
+    number :func:`jaxmlp.fit` trains for the config's batch sampling), so it ends on the last.
     """
     import jax
 
     import jaxmlp
 
-    total_steps = config.epochs * math.ceil(n_train / config.batch_size)
+    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
+    total_steps = config.epochs * steps
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,
@@ -159,7 +151,7 @@ def build_state(config: RunConfig, n_train: int):
     )
 
 
-def load_data(config: RunConfig, *, test_limit: int | None = None, download: bool = True):
+def load_data(config: RunConfig, *, download: bool = True):
     """(dataset, train, validation, test) with the config's normalization, hold-out and limits.
 
     ``train``, ``validation``, ``test`` are ``(images (n, 784), labels (n,))`` numpy pairs;
@@ -180,8 +172,7 @@ def load_data(config: RunConfig, *, test_limit: int | None = None, download: boo
     n_train = train_size(config)
     train = (ds.train.images[:n_train], ds.train.labels[:n_train])
     validation = (ds.validation.images, ds.validation.labels) if ds.validation else None
-    limit = test_limit if test_limit is not None else config.test_limit
-    test = (ds.test.images[:limit], ds.test.labels[:limit])
+    test = (ds.test.images[: config.test_limit], ds.test.labels[: config.test_limit])
     return ds, train, validation, test
 
 
@@ -231,10 +222,15 @@ def restore_run(
     )
 
 
-def load_for_inference(run: str, runs_dir: str, out: Output):
-    """(run directory, its config, its latest good checkpoint) for evaluate and predict."""
+def load_for_inference(run: str, runs_dir: str, out: Output, *, changes: dict | None = None):
+    """(run directory, its config, its latest good checkpoint) for evaluate and predict.
+
+    ``changes``: config keys that override the saved ones (e.g. evaluate's ``test_limit``).
+    """
     run_dir = resolve_run(run, runs_dir)
     config = read_run_config(run_dir)
+    if changes:
+        config = cfglib.from_mapping(changes, base=config, source="")
     restored = restore_run(run_dir, config, out)
     if restored is None:
         raise CliError(

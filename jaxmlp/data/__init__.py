@@ -40,20 +40,16 @@ Decoded arrays are cached as ``.npy`` under ``<cache>/decoded/`` keyed by the sh
 verified source content, and are themselves checked against the pinned sha256 of the pixel
 bytes, so a changed or damaged file can never be served.
 
-Command line: ``jaxmlp data [status|fetch|prepare-tfds] [DATASET...]``, the same command as
-``python -m jaxmlp.data ...`` (see ``--help``). Exit status 0 success, 1 ``status`` found
-missing or damaged files, 2 an error (one line on stderr).
+Command line: ``jaxmlp data [status|fetch|prepare-tfds] [DATASET...]`` (see ``--help``; the
+command lives in :mod:`jaxmlp.cli.data`). Exit status 0 success, 1 ``status`` found missing or
+damaged files, 2 an error (one line on stderr).
 
 Modules, each importing only those above it: ``_errors``; ``_idx`` (the IDX reader);
 ``_specs`` (the datasets' files and checksums as data); ``_store`` (data roots, verification,
-caches); ``_fetch`` (mirrors and packages); ``_tfds``; ``_load``; ``_command``. Importing this
+caches); ``_fetch`` (mirrors and packages); ``_tfds``; ``_load``. Importing this
 package imports neither JAX nor tensorflow-datasets.
 """
 
-from jaxmlp.data._command import DESCRIPTION as COMMAND_DESCRIPTION
-from jaxmlp.data._command import add_arguments as add_command_arguments
-from jaxmlp.data._command import main
-from jaxmlp.data._command import run as run_command
 from jaxmlp.data._errors import (
     CacheError,
     CacheWarning,
@@ -79,7 +75,6 @@ from jaxmlp.data._store import FileStatus, cache_dir, data_roots, status
 from jaxmlp.data._tfds import prepare_tfds
 
 __all__ = [
-    "COMMAND_DESCRIPTION",
     "DATASETS",
     "IMAGE_SIDE",
     "NORMALIZATIONS",
@@ -98,17 +93,14 @@ __all__ = [
     "FormatError",
     "Normalization",
     "Split",
-    "add_command_arguments",
     "cache_dir",
     "data_roots",
     "fetch",
     "load",
-    "main",
     "normalization",
     "normalize_images",
     "prepare_tfds",
     "read_idx",
     "read_idx_pair",
-    "run_command",
     "status",
 ]
