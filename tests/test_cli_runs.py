@@ -363,3 +363,15 @@ def test_bad_dp_options_are_one_line_errors_before_training(extra, fragments, tm
     code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, *extra)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "mnist").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# What fit refuses
+
+
+def test_a_batch_size_fit_refuses_is_one_line_and_leaves_no_run(needs_data, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--batch-size", "1001")
+    assert_one_line_error(code, err, "batch_size=1001", "larger than the 1000 training examples")
+    assert not (tmp_path / "mnist").exists()  # the corrected command starts a new run
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--epochs", "1", "-q")
+    assert code == 0, err
