@@ -187,23 +187,12 @@ def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path, capsys
 
 
 def test_nonfinite_loss_stops_with_a_message(needs_data, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = train(
         capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "nan",
+        tmp_path / "nan",
         *SMALL,
-        "--epochs",
-        "1",
-        "--optimizer",
-        "sgd",
-        "--learning-rate",
-        "1e30",
-        "--schedule",
-        "constant",
-        "--no-plots",
+        *("--epochs", "1", "--optimizer", "sgd", "--learning-rate", "1e30"),
+        *("--schedule", "constant", "--no-plots"),
     )
     assert code == 1, err
     assert "epoch 1, step" in err and "lower learning rate" in err

@@ -27,6 +27,7 @@ from cli_support import (
     restore_final,
     run,
     small_run,
+    train,
 )
 
 from jaxmlp import checkpoints, cli
@@ -56,18 +57,7 @@ def assert_same_arrays(a: checkpoints.Restored, b: checkpoints.Restored) -> None
 
 def _resume_to_epoch_4(run_copy: Path, capsys, *extra: str) -> tuple[int, str, str]:
     """``jaxmlp train --resume`` of the copied 3-epoch base run, to 4 epochs."""
-    return run(
-        capsys,
-        "train",
-        "--runs-dir",
-        run_copy.parent,
-        "--name",
-        "base",
-        "--resume",
-        "--epochs",
-        "4",
-        *extra,
-    )
+    return train(capsys, run_copy, "--resume", "--epochs", "4", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -390,20 +380,9 @@ def _tiny_filesystem(mount_point: Path, size: str):
 
 def _train_on_full_disk(mount_point: Path, capsys):
     """A run whose disk fills up after about two checkpoints; returns (code, err, run_dir)."""
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        mount_point,
-        "--name",
-        "full",
-        *TINY,
-        "--epochs",
-        "6",
-        "--keep-checkpoints",
-        "6",
-    )
-    return code, err, mount_point / "full"
+    run_dir = mount_point / "full"
+    code, _, err = train(capsys, run_dir, *TINY, "--epochs", "6", "--keep-checkpoints", "6")
+    return code, err, run_dir
 
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(

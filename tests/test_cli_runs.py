@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import assert_one_line_error, require_mnist, run, small_run
+from cli_support import assert_one_line_error, require_mnist, run, small_run, train
 
 from jaxmlp import checkpoints, data
 from jaxmlp.cli import config as cfglib
@@ -96,19 +96,7 @@ def test_a_lock_file_left_behind_blocks_nothing_and_reading_a_run_needs_no_lock(
     ):
         code, _, err = run(capsys, *argv)
         assert code == 0, err
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "done",
-        *TINY,
-        "--epochs",
-        "2",
-        "--resume",
-        "--quiet",
-    )
+    code, _, err = train(capsys, tmp_path / "done", *TINY, "--epochs", "2", "--resume", "--quiet")
     assert code == 0, err
 
 
@@ -320,18 +308,7 @@ def test_dp_training_calibrates_sigma_reports_epsilon_and_keeps_counting_on_resu
     history = json.loads((tmp_path / "dp" / "history.json").read_text())
     assert history[-1]["epsilon"] == pytest.approx(spent)
     # Resumed for a third epoch: the same sigma, and epsilon counted from the checkpoint's step.
-    code, out, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "dp",
-        "--resume",
-        "--epochs",
-        "3",
-        "--no-plots",
-    )
+    code, out, err = train(capsys, tmp_path / "dp", "--resume", "--epochs", "3", "--no-plots")
     assert code == 0, err
     history = json.loads((tmp_path / "dp" / "history.json").read_text())
     assert cfglib.load(tmp_path / "dp" / "config.json").dp_noise_multiplier == sigma
