@@ -340,7 +340,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_help_lists_every_option_with_its_default(command, capsys):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
-    parser = cli.build_parser()
+    parser = cli.parser.build_parser()
     sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
     options = [a for a in sub.choices[command]._actions if a.option_strings]
     flat = " ".join(out.split())

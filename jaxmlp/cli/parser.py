@@ -10,6 +10,7 @@ one parse tells both their values and which of them were given (:func:`given_con
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from jaxmlp.cli import config as cfglib
@@ -138,33 +139,7 @@ def _add_run_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxmlp`` argument parser.
-
-    The options of the run configuration and ``train``'s ``--runs-dir`` are in the parsed
-    namespace only when given (see :func:`given_config_values`).
-    """
-    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=Parser
-    )
-    common = [_common()]
-
-    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name, help=help, description=description, parents=common, formatter_class=HelpFormatter
-        )
-
-    train = add(
-        "train",
-        "train a model; writes runs/<name>/",
-        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
-        "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
-        "there. Options override the --config file, which overrides the defaults. The run "
-        "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
-        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
-        "a time trains it.",
-    )
+def _train_arguments(train: argparse.ArgumentParser) -> None:
     run = train.add_argument_group("run")
     run.add_argument(
         "--config",
@@ -214,13 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in cfglib.FIELDS.items():
         add_config_option(groups[field.metadata["group"]], name)
 
-    evaluate = add(
-        "evaluate",
-        "score a trained run on the test set",
-        "Test loss and accuracy, per-class precision, recall and F1, and the "
-        "confusion matrix of a run's latest checkpoint; also writes "
-        "evaluation.json, confusion.png and misclassified.png into the run.",
-    )
+
+def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     _add_run_argument(evaluate)
     evaluate.add_argument(
         "--test-limit",
@@ -232,13 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     _add_output_options(evaluate)
 
-    predict = add(
-        "predict",
-        "classify digit images with a trained run",
-        "Classify images of digits (PNG, JPEG, ...; any size up to about 89 megapixels; dark "
-        "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
-        "MNIST's, normalized as in training, and classified.",
-    )
+
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_run_argument(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     predict.add_argument(
@@ -258,13 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_options(predict)
 
-    summary = add(
-        "summary",
-        "layers, output shapes and parameter counts",
-        "A table of the model's layers with output shapes and parameter counts, for a "
-        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
-        "784-256-10).",
-    )
+
+def _summary_arguments(summary: argparse.ArgumentParser) -> None:
     summary.add_argument(
         "run",
         nargs="?",
@@ -286,6 +246,67 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_option(model, name)
     _add_output_options(summary, quiet=False)
 
-    data = add("data", "show, fetch or prepare the datasets", data_command.DESCRIPTION)
-    data_command.add_arguments(data)
+
+# command -> (one line for the command list, its --help description, its arguments)
+_COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": (
+        "train a model; writes runs/<name>/",
+        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
+        "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
+        "there. Options override the --config file, which overrides the defaults. The run "
+        "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
+        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
+        "a time trains it.",
+        _train_arguments,
+    ),
+    "evaluate": (
+        "score a trained run on the test set",
+        "Test loss and accuracy, per-class precision, recall and F1, and the "
+        "confusion matrix of a run's latest checkpoint; also writes "
+        "evaluation.json, confusion.png and misclassified.png into the run.",
+        _evaluate_arguments,
+    ),
+    "predict": (
+        "classify digit images with a trained run",
+        "Classify images of digits (PNG, JPEG, ...; any size up to about 89 megapixels; dark "
+        "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
+        "MNIST's, normalized as in training, and classified.",
+        _predict_arguments,
+    ),
+    "summary": (
+        "layers, output shapes and parameter counts",
+        "A table of the model's layers with output shapes and parameter counts, for a "
+        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
+        "784-256-10).",
+        _summary_arguments,
+    ),
+    "data": (
+        "show, fetch or prepare the datasets",
+        data_command.DESCRIPTION,
+        data_command.add_arguments,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxmlp`` argument parser.
+
+    The options of the run configuration and ``train``'s ``--runs-dir`` are in the parsed
+    namespace only when given (see :func:`given_config_values`).
+    """
+    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
+    common = [_common()]
+    for name, (summary, description, add_arguments) in _COMMANDS.items():
+        add_arguments(
+            sub.add_parser(
+                name,
+                help=summary,
+                description=description,
+                parents=common,
+                formatter_class=HelpFormatter,
+            )
+        )
     return parser
