@@ -137,16 +137,10 @@ class OptimizerSettings:
         None, "momentum (sgd, rmsprop; momentum/nesterov use 0.9)", group="opt", metavar="MU"
     )
     b1: float | None = option(
-        None,
-        "first-moment decay (adam family; optax default 0.9)",
-        group="opt",
-        metavar="B1",
+        None, "first-moment decay (adam family; optax default 0.9)", group="opt", metavar="B1"
     )
     b2: float | None = option(
-        None,
-        "second-moment decay (adam family; optax default 0.999)",
-        group="opt",
-        metavar="B2",
+        None, "second-moment decay (adam family; optax default 0.999)", group="opt", metavar="B2"
     )
     eps: float | None = option(
         None, "epsilon of adaptive optimizers (optax default)", group="opt", metavar="EPS"
@@ -155,10 +149,7 @@ class OptimizerSettings:
         None, "rmsprop's squared-gradient decay rho (optax default 0.9)", group="opt", metavar="RHO"
     )
     initial_accumulator_value: float | None = option(
-        None,
-        "adagrad's initial accumulator (optax default 0.1)",
-        group="opt",
-        metavar="H0",
+        None, "adagrad's initial accumulator (optax default 0.1)", group="opt", metavar="H0"
     )
     weight_decay: float | None = option(
         None, "decoupled weight decay (adamw, lamb)", group="opt", metavar="WD"
@@ -204,7 +195,8 @@ class OptimizerSettings:
 
     def build(self, total_steps: int) -> optax.GradientTransformation:
         """The optax optimizer, its learning rate following the schedule over ``total_steps``
-        optimizer steps (``epochs * ceil(n_train / batch_size)`` for a whole run)."""
+        optimizer steps (``epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)`` for a
+        whole run)."""
         learning_rate = schedule(
             self.schedule,
             self.learning_rate,

@@ -12,6 +12,7 @@ import pytest
 
 from jaxmlp import checkpoints, cli, data
 from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import runs
 
 
 def small_run(hidden: int, *extra: str) -> list[str]:
@@ -52,6 +53,12 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def train(capsys, run_dir: Path, *argv) -> tuple[int, str, str]:
+    """``jaxmlp train`` of the run directory ``run_dir`` (``--runs-dir`` its parent, ``--name``
+    its name) with ``argv``: (exit status, stdout, stderr)."""
+    return run(capsys, "train", "--runs-dir", run_dir.parent, "--name", run_dir.name, *argv)
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str, usage: bool = False) -> str:
     """Exit status 2 and one ``jaxmlp: error: ...`` line holding every fragment; returns it.
 
@@ -72,7 +79,7 @@ def assert_one_line_error(code: int, err: str, *fragments: str, usage: bool = Fa
 def restore_final(run_dir: Path) -> checkpoints.Restored:
     """The newest good checkpoint of a run, restored into a state built from its config."""
     config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
+    target = runs.build_state(config, runs.train_size(config))
     return checkpoints.restore_latest(run_dir / "checkpoints", target)
 
 

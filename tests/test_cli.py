@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, require_mnist, restore_final, run, small_run
+from cli_support import assert_one_line_error, require_mnist, restore_final, run, small_run, train
 
 from jaxmlp import checkpoints, cli
 from jaxmlp.cli import config as cfglib
@@ -83,17 +83,7 @@ def test_train_writes_the_run_directory(trained):
 
 def test_train_again_with_same_config_reports_complete_run(trained, capsys):
     run_dir, _, _ = trained
-    code, out, err = run(
-        capsys,
-        "train",
-        "--config",
-        run_dir / "config.json",
-        "--name",
-        run_dir.name,
-        "--runs-dir",
-        run_dir.parent,
-        "--no-plots",
-    )
+    code, out, err = train(capsys, run_dir, "--config", run_dir / "config.json", "--no-plots")
     assert code == 0, err
     assert "resuming" in out and "test accuracy" in out
     assert checkpoints.list_steps(run_dir / "checkpoints") == [1, 2]
@@ -101,32 +91,13 @@ def test_train_again_with_same_config_reports_complete_run(trained, capsys):
 
 def test_existing_run_with_other_config_is_refused(trained, capsys):
     run_dir, _, _ = trained
-    code, _, err = run(
-        capsys,
-        "train",
-        "--name",
-        run_dir.name,
-        "--runs-dir",
-        run_dir.parent,
-        "--learning-rate",
-        "0.5",
-    )
+    code, _, err = train(capsys, run_dir, "--learning-rate", "0.5")
     assert_one_line_error(code, err, "different config", "--resume", "--overwrite")
 
 
 def test_resume_refuses_changed_hyperparameters(trained, capsys):
     run_dir, _, _ = trained
-    code, _, err = run(
-        capsys,
-        "train",
-        "--name",
-        run_dir.name,
-        "--runs-dir",
-        run_dir.parent,
-        "--resume",
-        "--dropout-rate",
-        "0.5",
-    )
+    code, _, err = train(capsys, run_dir, "--resume", "--dropout-rate", "0.5")
     assert_one_line_error(code, err, "dropout")
 
 
@@ -216,23 +187,12 @@ def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path, capsys
 
 
 def test_nonfinite_loss_stops_with_a_message(needs_data, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = train(
         capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "nan",
+        tmp_path / "nan",
         *SMALL,
-        "--epochs",
-        "1",
-        "--optimizer",
-        "sgd",
-        "--learning-rate",
-        "1e30",
-        "--schedule",
-        "constant",
-        "--no-plots",
+        *("--epochs", "1", "--optimizer", "sgd", "--learning-rate", "1e30"),
+        *("--schedule", "constant", "--no-plots"),
     )
     assert code == 1, err
     assert "epoch 1, step" in err and "lower learning rate" in err
@@ -317,7 +277,11 @@ def test_data_status(needs_data, capsys):
     ("argv", "fragments"),
     [
         (["train", "--epochs", "0"], ["epochs"]),
-        (["train", "--dropout-rate", "1.5"], ["dropout_rate"]),
+        (["train", "--dropout-rate", "1.5"], ["dropout"]),
+        # Options have one name each: no former spellings, no prefixes.
+        (["train", "--dropout", "0.2"], ["--dropout"]),
+        (["train", "--beta1", "0.8"], ["--beta1"]),
+        (["train", "--learning", "0.1"], ["--learning"]),
         (["train", "--augment-rotate", "200"], ["augment_rotate=200.0", "[0, 180]"]),
         (["train", "--augment-scale", "1"], ["augment_scale=1.0", "[0, 1)"]),
         (["train", "--augment-scale", "-0.1"], ["augment_scale"]),
@@ -354,6 +318,7 @@ def test_bad_arguments_give_one_line(argv, fragments, capsys, tmp_path, monkeypa
     ("text", "fragments"),
     [
         ("learning_rat = 0.1\n", ["unknown key", "learning_rat"]),
+        ("dropout = 0.1\n", ["unknown key 'dropout'", "did you mean dropout_rate?"]),
         ('epochs = "ten"\n', ["epochs", "integer"]),
         ("hidden = 64\n", ["hidden", "list"]),
         ("epochs = \n", ["invalid TOML"]),
@@ -375,7 +340,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_help_lists_every_option_with_its_default(command, capsys):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
-    parser = cli.build_parser()
+    parser = cli.parser.build_parser()
     sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
     options = [a for a in sub.choices[command]._actions if a.option_strings]
     flat = " ".join(out.split())

@@ -24,12 +24,13 @@ from cli_support import (
     assert_one_line_error,
     history_epochs,
     require_mnist,
+    restore_final,
     run,
     small_run,
+    train,
 )
 
 from jaxmlp import checkpoints, cli
-from jaxmlp.cli import config as cfglib
 
 TINY = small_run(16, "--no-plots")
 ASSETS = Path(__file__).parent / "assets" / "digits"
@@ -47,12 +48,6 @@ def snapshot(directory: Path) -> dict[str, str]:
     }
 
 
-def restore(run_dir: Path) -> checkpoints.Restored:
-    config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
-    return checkpoints.restore_latest(run_dir / "checkpoints", target)
-
-
 def assert_same_arrays(a: checkpoints.Restored, b: checkpoints.Restored) -> None:
     leaves_a = jax.tree.leaves(checkpoints.state_arrays(a.state))
     leaves_b = jax.tree.leaves(checkpoints.state_arrays(b.state))
@@ -62,18 +57,7 @@ def assert_same_arrays(a: checkpoints.Restored, b: checkpoints.Restored) -> None
 
 def _resume_to_epoch_4(run_copy: Path, capsys, *extra: str) -> tuple[int, str, str]:
     """``jaxmlp train --resume`` of the copied 3-epoch base run, to 4 epochs."""
-    return run(
-        capsys,
-        "train",
-        "--runs-dir",
-        run_copy.parent,
-        "--name",
-        "base",
-        "--resume",
-        "--epochs",
-        "4",
-        *extra,
-    )
+    return train(capsys, run_copy, "--resume", "--epochs", "4", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +222,7 @@ def test_resume_falls_back_past_two_damaged_checkpoints_and_recomputes_them(
     assert checkpoints.list_steps(run_copy / "checkpoints") == [1, 2, 3]
     assert len(list((run_copy / "checkpoints-unreadable").iterdir())) == 2
     # Epochs 2 and 3 trained again from epoch 1's checkpoint: the very same parameters.
-    assert_same_arrays(restore(run_copy), restore(base_run))
+    assert_same_arrays(restore_final(run_copy), restore_final(base_run))
     losses = [
         [r["loss"] for r in json.loads((d / "history.json").read_text())]
         for d in (run_copy, base_run)
@@ -314,7 +298,7 @@ def test_divergence_after_good_epochs_keeps_their_checkpoints(needs_data, tmp_pa
     assert f"last good checkpoint (epoch {saved[-1]}) is intact" in err
     assert history_epochs(run_dir) == saved
     assert not (run_dir / "metrics.json").exists()
-    good = restore(run_dir)
+    good = restore_final(run_dir)
     assert good.epoch == saved[-1] and good.skipped == ()
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(good.state.params))
     # Resuming diverges at the same step again and overwrites nothing.
@@ -396,20 +380,9 @@ def _tiny_filesystem(mount_point: Path, size: str):
 
 def _train_on_full_disk(mount_point: Path, capsys):
     """A run whose disk fills up after about two checkpoints; returns (code, err, run_dir)."""
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        mount_point,
-        "--name",
-        "full",
-        *TINY,
-        "--epochs",
-        "6",
-        "--keep-checkpoints",
-        "6",
-    )
-    return code, err, mount_point / "full"
+    run_dir = mount_point / "full"
+    code, _, err = train(capsys, run_dir, *TINY, "--epochs", "6", "--keep-checkpoints", "6")
+    return code, err, run_dir
 
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
@@ -429,7 +402,7 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
         saved = checkpoints.list_steps(run_dir / "checkpoints")
         assert len(saved) >= 1 and saved == list(range(1, len(saved) + 1)), saved
         assert history_epochs(run_dir) in (saved, saved[:-1])
-        assert restore(run_dir).epoch == saved[-1]
+        assert restore_final(run_dir).epoch == saved[-1]
         # With space again, --resume completes the run.
         subprocess.run(["mount", "-o", "remount,size=4m", str(mount_point)], check=True)
         code, out, err = run(
@@ -437,7 +410,7 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_saved_epochs(
         )
         assert code == 0, err
         assert history_epochs(run_dir) == [1, 2, 3, 4, 5, 6]
-        assert restore(run_dir).epoch == 6
+        assert restore_final(run_dir).epoch == 6
 
 
 def test_failing_write_of_the_first_checkpoint_leaves_no_checkpoint(needs_data, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """``jaxmlp train`` as the one command of the main job: a run directory held by one process at a
-time, a missing dataset fetched by itself, older config spellings still understood, and user
-images too large to decode refused in one line."""
+time, a missing dataset fetched by itself, one name per option, a learning-rate schedule that
+ends on the last step trained, and user images too large to decode refused in one line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import assert_one_line_error, require_mnist, run, small_run
+from cli_support import assert_one_line_error, require_mnist, run, small_run, train
 
 from jaxmlp import checkpoints, data
 from jaxmlp.cli import config as cfglib
@@ -96,19 +96,7 @@ def test_a_lock_file_left_behind_blocks_nothing_and_reading_a_run_needs_no_lock(
     ):
         code, _, err = run(capsys, *argv)
         assert code == 0, err
-    code, _, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "done",
-        *TINY,
-        "--epochs",
-        "2",
-        "--resume",
-        "--quiet",
-    )
+    code, _, err = train(capsys, tmp_path / "done", *TINY, "--epochs", "2", "--resume", "--quiet")
     assert code == 0, err
 
 
@@ -181,17 +169,103 @@ def _offline(load):
 # One schema, one name per option
 
 
-def test_option_names_are_the_library_s_and_no_other_spelling_is_taken():
-    config = cfglib.from_mapping({"dropout_rate": 0.1, "b1": 0.8}, source="")
-    assert config.model.dropout_rate == 0.1 and config.optimization.b1 == 0.8
-    for former in ("dropout", "input_dropout", "beta1", "beta2", "initial_accumulator"):
-        with pytest.raises(cfglib.ConfigError, match=f"unknown key '{former}'"):
-            cfglib.from_mapping({former: 0.1}, source="")
-    # Every rule lives in the option classes: the run config reports their messages.
+def test_the_run_config_reports_the_rules_of_the_option_classes():
     with pytest.raises(cfglib.ConfigError, match=r"dropout_rate=1.5 is outside \[0, 1\)"):
         cfglib.from_mapping({"dropout_rate": 1.5}, source="")
     with pytest.raises(cfglib.ConfigError, match="optimizer 'adam' does not take momentum"):
         cfglib.from_mapping({"momentum": 0.9}, source="")
+
+
+@pytest.mark.parametrize(
+    ("former", "name"),
+    [
+        ("dropout", "dropout_rate"),
+        ("input_dropout", "input_dropout_rate"),
+        ("beta1", None),
+        ("beta2", None),
+        ("initial_accumulator", "initial_accumulator_value"),
+    ],
+)
+def test_a_former_name_is_an_unknown_key(former, name):
+    with pytest.raises(cfglib.ConfigError, match=f"unknown key '{former}'") as refused:
+        cfglib.from_mapping({former: 0.1}, source="")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1
+    if name is not None:
+        assert f"did you mean {name}?" in message
+
+
+def _train_run(*argv: str):
+    from jaxmlp.cli import parser, train
+
+    args = parser.build_parser().parse_args(["train", *argv])
+    return train.train_run(args, parser.given_config_values(args))
+
+
+def test_options_given_override_the_config_file_even_when_they_equal_the_defaults(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('runs_dir = "elsewhere"\nname = "filed"\nepochs = 3\nbatch_size = 64\n')
+    filed = _train_run("--config", str(path))
+    assert (filed.runs_dir, filed.name) == ("elsewhere", "filed")
+    assert filed.config.epochs == 3 and filed.config.batch_size == 64
+    given = _train_run(
+        "--config", str(path), "--runs-dir", "runs", "--name", "mine", "--batch-size", "128"
+    )
+    assert (given.runs_dir, given.name) == ("runs", "mine")
+    assert given.run_dir == Path("runs") / "mine"
+    assert given.config.epochs == 3 and given.config.batch_size == 128
+    assert given.requested == {"epochs": 3, "batch_size": 128}
+    assert _train_run().runs_dir == "runs" and _train_run().requested == {}
+
+
+# --------------------------------------------------------------------------------------------
+# The learning-rate schedule spans the steps trained
+
+
+@pytest.mark.parametrize(("sampling", "steps_per_epoch"), [("poisson", 3), ("shuffle", 4)])
+def test_the_schedule_of_a_run_ends_on_its_last_trained_step(sampling, steps_per_epoch):
+    """1000 examples in batches of 300: round(1000 / 300) = 3 Poisson-sampled steps per epoch,
+    ceil(1000 / 300) = 4 shuffled ones. The cosine schedule of the state a run builds decays over
+    exactly the steps fit trains: above its final value at the last step, at it right after."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxmlp
+    from jaxmlp.cli import runs
+
+    config = cfglib.from_mapping(
+        {
+            "train_limit": 1000,
+            "validation": 0,
+            "batch_size": 300,
+            "epochs": 2,
+            "hidden": [8],
+            "optimizer": "sgd",
+            "learning_rate": 0.1,
+            "schedule": "cosine",
+            "batch_sampling": sampling,
+        },
+        source="",
+    )
+    n_train = runs.train_size(config)
+    assert jaxmlp.steps_per_epoch(n_train, 300, sampling) == steps_per_epoch
+    state = runs.build_state(config, n_train)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(n_train, 784)).astype(np.float32)
+    labels = rng.integers(0, 10, n_train).astype(np.int32)
+    trained, _ = jaxmlp.fit(x_train=images, y_train=labels, state=state, epochs=2, batch_size=300)
+    total = int(trained.step)
+    assert total == config.epochs * steps_per_epoch
+    # The state's own optimizer, stepped with a unit gradient: SGD's update is -lr(step).
+    tx, w = state.optimizer, jnp.zeros(())
+    opt_state, rates = tx.init(w), []
+    for _ in range(total + 1):
+        update, opt_state = tx.update(jnp.ones(()), opt_state, w)
+        rates.append(-float(jax.device_get(update)))
+    assert rates[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[:total], rates[1 : total + 1], strict=True))
+    assert rates[total - 1] > 0.0 and rates[total] == 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,18 +308,7 @@ def test_dp_training_calibrates_sigma_reports_epsilon_and_keeps_counting_on_resu
     history = json.loads((tmp_path / "dp" / "history.json").read_text())
     assert history[-1]["epsilon"] == pytest.approx(spent)
     # Resumed for a third epoch: the same sigma, and epsilon counted from the checkpoint's step.
-    code, out, err = run(
-        capsys,
-        "train",
-        "--runs-dir",
-        tmp_path,
-        "--name",
-        "dp",
-        "--resume",
-        "--epochs",
-        "3",
-        "--no-plots",
-    )
+    code, out, err = train(capsys, tmp_path / "dp", "--resume", "--epochs", "3", "--no-plots")
     assert code == 0, err
     history = json.loads((tmp_path / "dp" / "history.json").read_text())
     assert cfglib.load(tmp_path / "dp" / "config.json").dp_noise_multiplier == sigma
@@ -279,55 +342,13 @@ def test_bad_dp_options_are_one_line_errors_before_training(extra, fragments, tm
     assert not (tmp_path / "mnist").exists()
 
 
-@pytest.mark.parametrize(("batch_sampling", "steps"), [("poisson", 107), ("shuffle", 108)])
-def test_the_schedule_of_a_run_ends_on_its_last_step(batch_sampling, steps):
-    # 55,000 examples at batch 512: 108 shuffled steps an epoch, but 107 Poisson-sampled ones.
-    # The cosine schedule of the run must reach zero exactly after the last step trained.
-    import jax
-    import jax.numpy as jnp
-
-    from jaxmlp.cli import runs
-
-    config = cfglib.from_mapping(
-        {
-            "hidden": [],
-            "epochs": 2,
-            "batch_size": 512,
-            "batch_sampling": batch_sampling,
-            "optimizer": "sgd",
-            "learning_rate": 0.1,
-            "schedule": "cosine",
-            "dropout_rate": 0.0,
-        },
-        source="",
-    )
-    state = runs.build_state(config, 55_000)
-    grads = jax.tree.map(jnp.ones_like, state.params)
-    opt_state, rates = state.opt_state, []
-    for _ in range(2 * steps + 1):
-        updates, opt_state = state.optimizer.update(grads, opt_state, state.params)
-        rates.append(-float(updates[0]["b"][0]))
-    assert rates[2 * steps - 1] > 0.0  # the last step trained still learns
-    assert rates[2 * steps] == 0.0  # and the schedule ends there
+# --------------------------------------------------------------------------------------------
+# What fit refuses
 
 
-def test_an_explicit_runs_dir_wins_over_the_config_file_s(
-    needs_data, tmp_path, capsys, monkeypatch
-):
-    # Even when it is spelled as the default: the command line is parsed once, and a flag that
-    # was given is known to be given.
-    monkeypatch.chdir(tmp_path)
-    config_file = tmp_path / "run.toml"
-    config_file.write_text('runs_dir = "from-file"\n')
-    code, _, err = run(
-        capsys, "train", "--config", config_file, "--runs-dir", "runs", "--name", "r", *TINY,
-        "--epochs", "1", "--quiet",
-    )  # fmt: skip
+def test_a_batch_size_fit_refuses_is_one_line_and_leaves_no_run(needs_data, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--batch-size", "1001")
+    assert_one_line_error(code, err, "batch_size=1001", "larger than the 1000 training examples")
+    assert not (tmp_path / "mnist").exists()  # the corrected command starts a new run
+    code, _, err = run(capsys, "train", "--runs-dir", tmp_path, *TINY, "--epochs", "1", "-q")
     assert code == 0, err
-    assert (tmp_path / "runs" / "r" / "config.json").is_file()
-    assert not (tmp_path / "from-file").exists()
-    code, _, err = run(
-        capsys, "train", "--config", config_file, "--name", "r", *TINY, "--epochs", "1", "--quiet"
-    )
-    assert code == 0, err
-    assert (tmp_path / "from-file" / "r" / "config.json").is_file()

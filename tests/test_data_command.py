@@ -1,8 +1,10 @@
-"""The data command, ``jaxmlp data ...`` (also ``python -m jaxmlp data ...``): its options and
-exit statuses (0 success, 1 status found missing data, 2 an error, in one line)."""
+"""The data command, ``jaxmlp data ...`` (in this process, and as ``python -m jaxmlp data ...``):
+its options and exit statuses (0 success, 1 status found missing data, 2 an error, in one
+line)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,20 +17,22 @@ from test_data import _real_root, isolated  # noqa: F401 (isolated is a fixture)
 
 from jaxmlp import cli, data
 
-ENTRY_POINTS = {"jaxmlp data": lambda argv: cli.main(["data", *argv])}
 
-
-@pytest.fixture(params=list(ENTRY_POINTS))
-def command(request, capsys):
-    """Runs the data command in this process through one entry point: (exit, stdout, stderr)."""
-    main = ENTRY_POINTS[request.param]
+@pytest.fixture
+def command(capsys):
+    """Runs ``jaxmlp data ARGV...`` in this process: (exit, stdout, stderr)."""
 
     def run(*argv) -> tuple[int, str, str]:
-        code = main([str(a) for a in argv])
+        code = cli.main(["data", *map(str, argv)])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
     return run
+
+
+def _python_m_jaxmlp_data(*argv, env=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "jaxmlp", "data", *map(str, argv)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
 
 
 def _one_line_error(code: int, err: str, fragment: str) -> None:
@@ -101,11 +105,15 @@ def test_fetch_error_gives_one_line(command, isolated, tmp_path):  # noqa: F811
     assert "none enabled" in err
 
 
-def test_the_command_takes_its_options(capsys):
+def test_both_entry_points_take_the_same_options(command):
     options = {}
-    for name, main in ENTRY_POINTS.items():
-        assert main(["--help"]) == 0
-        options[name] = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out))
+    code, out, _ = command("--help")
+    assert code == 0
+    options["jaxmlp data"] = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", out))
+    proc = _python_m_jaxmlp_data("--help")
+    assert proc.returncode == 0, proc.stderr
+    options["python -m jaxmlp data"] = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", proc.stdout))
+    assert options["jaxmlp data"] == options["python -m jaxmlp data"]
     expected = "--data-dir --cache-dir --no-web --from-packages --no-packages --timeout"
     assert (
         set(expected.split()) | {"--manual-dir", "--json", "--debug", "--help"}
@@ -114,17 +122,21 @@ def test_the_command_takes_its_options(capsys):
 
 
 def test_python_m_jaxmlp_data(tmp_path):
-    """``python -m jaxmlp data``, in a process of its own: exit statuses and one-line errors."""
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     env.pop("JAXMLP_DATA_DIR", None)
-    base = [sys.executable, "-m", "jaxmlp", "data"]
-    proc = subprocess.run(
-        [*base, "mnist", "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env
-    )
+    proc = _python_m_jaxmlp_data("mnist", "--data-dir", tmp_path, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "mnist: not available" in proc.stdout
-    proc = subprocess.run([*base, "--bogus"], capture_output=True, text=True, env=env)
+    proc = _python_m_jaxmlp_data("--bogus", env=env)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_data_package_is_the_library_only():
+    """The command lives in jaxmlp.cli; ``python -m jaxmlp.data`` is no command."""
+    assert not {"main", "run_command", "add_command_arguments", "COMMAND_DESCRIPTION"} & set(
+        dir(data)
+    )
+    assert importlib.util.find_spec("jaxmlp.data.__main__") is None
 
 
 def test_import_is_light():

@@ -134,3 +134,17 @@ def test_learning_rate_of_wrong_type():
     with pytest.raises(TypeError, match="learning_rate"):
         jaxmlp.optimizer("adam", "0.001")
     jax.block_until_ready(jaxmlp.optimizer("sgd", 1).init(jnp.ones(1)))  # ints are fine
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jaxmlp.schedule("cosine", 0.1, 10, final_fraction=0.1),
+        lambda: jaxmlp.OptimizerSettings(beta1=0.9),
+        lambda: jaxmlp.OptimizerSettings(initial_accumulator=0.1),
+    ],
+)
+def test_former_argument_names_are_refused(call):
+    """final_lr_fraction, b1, initial_accumulator_value: one name each, none before them."""
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        call()

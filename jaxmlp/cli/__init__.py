@@ -16,19 +16,20 @@ in the arguments, a file or the data (one line on stderr; ``--debug`` shows the 
 130 interrupted (Ctrl-C; the last completed epoch's checkpoint is kept).
 
 Modules: ``config`` (the run configuration), ``parser``, ``output``, ``runs`` (run directories,
-their lock, what a configuration builds), and one module per command.
+their lock, what a configuration builds), and one module per command (``train``, ``evaluate``,
+``predict``, ``summary``, ``data``).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from jaxmlp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError, Output
-from jaxmlp.cli.parser import build_parser, explicit_config_values
-from jaxmlp.cli.runs import build_state, train_size
+from jaxmlp.cli.parser import build_parser, given_config_values
 
-__all__ = ["CliError", "build_parser", "build_state", "main", "train_size"]
+__all__ = ["main"]
 
 
 def _error_line(error: BaseException) -> str:
@@ -41,6 +42,29 @@ def _error_line(error: BaseException) -> str:
     elif len(lines) > 1:
         text += " ..." if len(text) > 60 else " " + " ".join(s.strip() for s in lines[1:3])
     return text
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
+    """The command ``args.command``, its exit status."""
+    if args.command == "train":
+        from jaxmlp.cli.train import cmd_train
+
+        return cmd_train(args, given_config_values(args), out)
+    if args.command == "evaluate":
+        from jaxmlp.cli.evaluate import cmd_evaluate
+
+        return cmd_evaluate(args, out)
+    if args.command == "predict":
+        from jaxmlp.cli.predict import cmd_predict
+
+        return cmd_predict(args, out)
+    if args.command == "summary":
+        from jaxmlp.cli.summary import cmd_summary
+
+        return cmd_summary(args, given_config_values(args), out)
+    from jaxmlp.cli.data import cmd_data
+
+    return cmd_data(args, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,25 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images.ImageError,
     )
     try:
-        if args.command == "train":
-            from jaxmlp.cli.train import cmd_train
-
-            return cmd_train(args, explicit_config_values(args), out)
-        if args.command == "evaluate":
-            from jaxmlp.cli.evaluate import cmd_evaluate
-
-            return cmd_evaluate(args, out)
-        if args.command == "predict":
-            from jaxmlp.cli.predict import cmd_predict
-
-            return cmd_predict(args, out)
-        if args.command == "summary":
-            from jaxmlp.cli.summary import cmd_summary
-
-            return cmd_summary(args, explicit_config_values(args), out)
-        from jaxmlp.cli.data import cmd_data
-
-        return cmd_data(args)
+        return _run(args, out)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -11,14 +11,16 @@ run directory's ``config.json`` use one flat set of keys, the library's own name
     optimizer = "adam"
     learning_rate = 1e-3
 
-Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``). Values
-are checked here, at the boundary, by the rules of the classes that own them, so a wrong key, type
-or combination is reported in one line before any data is loaded or anything is compiled.
+Each key is also a flag of ``jaxmlp train`` (``learning_rate`` is ``--learning-rate``; a file may
+spell it either way). Values are checked here, at the boundary, by the rules of the classes that
+own them, so a wrong key, type or combination is reported in one line before any data is loaded
+or anything is compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -275,9 +277,14 @@ _DEFAULT = RunConfig()
 
 
 def normalize_key(key: str) -> str:
-    """The canonical name of a key, also when written as on the command line
-    (``learning-rate``)."""
+    """The name of a key written as on the command line (``learning-rate``)."""
     return key.replace("-", "_")
+
+
+def _unknown_key(key: str, prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(normalize_key(key), FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{prefix}unknown key {key!r}{hint}; valid keys are {', '.join(FIELDS)}")
 
 
 def from_mapping(
@@ -290,7 +297,7 @@ def from_mapping(
     for key, value in values.items():
         name = normalize_key(str(key))
         if name not in FIELDS:
-            raise ConfigError(f"{prefix}unknown key {key!r}; valid keys are {', '.join(FIELDS)}")
+            raise _unknown_key(str(key), prefix)
         try:
             updates[PART_OF[name]][name] = _coerce(name, value)
         except ConfigError as e:

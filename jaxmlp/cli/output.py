@@ -16,25 +16,6 @@ PROG = "jaxmlp"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default (unless the help already states it)."""
-
-    def __init__(self, prog: str):
-        super().__init__(prog, max_help_position=34, width=100)
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 

@@ -1,18 +1,21 @@
 """The ``jaxmlp`` argument parser, generated from the run configuration's fields.
 
 Every key of :class:`~jaxmlp.cli.config.RunConfig` (its own, :class:`jaxmlp.ModelOptions`'s and
-:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text,
-choices and former spellings declared on the field, so a flag and a config key never disagree.
+:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text and
+choices declared on the field, so a flag and a config key never disagree. Those options have no
+default in the parsed namespace (``argparse.SUPPRESS``; their help states the run's default):
+one parse tells both their values and which of them were given (:func:`given_config_values`).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import data as data_command
-from jaxmlp.cli.output import PROG, HelpFormatter, Parser
+from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
 
@@ -33,6 +36,30 @@ SUMMARY_FIELDS = (
     "input_dropout_rate",
     "dtype",
 )
+DEFAULT_RUNS_DIR = "runs"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit status 2), and takes each
+    option by its one name only (no prefixes: ``--dropout`` is not ``--dropout-rate``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (unless the help already states it)."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def flag(name: str) -> str:
@@ -51,16 +78,20 @@ def _optional(base: type):
     return parse
 
 
+def _with_default(help: str, default: Any) -> str:
+    """``help`` ending in the default, as :class:`HelpFormatter` writes it, for an option whose
+    parsed default is ``argparse.SUPPRESS``."""
+    return f"{help} (default: {default})".replace("%", "%%")
+
+
 def add_config_option(group, name: str) -> None:
-    """The option of config key ``name``. It has no default in the parsed arguments, so that
-    they hold exactly the options given; the help states the run's default."""
+    """The option of config key ``name``; absent from the namespace unless given."""
     field = cfglib.FIELDS[name]
     base, optional = cfglib.field_kind(name)
     meta = field.metadata
     default = cfglib.default_value(name)
-    shown = list(default) if base is tuple else default
     kwargs: dict[str, Any] = {
-        "help": f"{meta['help']} (default: {shown})",
+        "help": _with_default(meta["help"], list(default) if base is tuple else default),
         "default": argparse.SUPPRESS,
         "dest": name,
     }
@@ -74,6 +105,11 @@ def add_config_option(group, name: str) -> None:
         kwargs["choices"] = meta["choices"]
         kwargs.pop("metavar", None)
     group.add_argument(flag(name), **kwargs)
+
+
+def given_config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-configuration keys given on the command line, with their parsed values."""
+    return {k: v for k, v in vars(args).items() if k in cfglib.FIELDS}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -99,34 +135,11 @@ def _add_run_argument(parser: argparse.ArgumentParser) -> None:
         "run", metavar="RUN", help="run name (looked up in --runs-dir) or run directory"
     )
     parser.add_argument(
-        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+        "--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where run names are looked up"
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxmlp`` argument parser. The options of the run configuration parse to exactly
-    those given (see :func:`explicit_config_values`); the run's defaults fill in the rest."""
-    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=Parser
-    )
-    common = [_common()]
-
-    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name, help=help, description=description, parents=common, formatter_class=HelpFormatter
-        )
-
-    train = add(
-        "train",
-        "train a model; writes runs/<name>/",
-        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
-        "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
-        "there. Options override the --config file, which overrides the defaults. The run "
-        "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
-        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
-        "a time trains it.",
-    )
+def _train_arguments(train: argparse.ArgumentParser) -> None:
     run = train.add_argument_group("run")
     run.add_argument(
         "--config",
@@ -142,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--runs-dir",
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="DIR",
-        help="parent of run directories (default: the --config file's runs_dir, else runs)",
+        help=_with_default("parent of run directories", DEFAULT_RUNS_DIR),
     )
     run.add_argument(
         "--resume",
@@ -176,13 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in cfglib.FIELDS.items():
         add_config_option(groups[field.metadata["group"]], name)
 
-    evaluate = add(
-        "evaluate",
-        "score a trained run on the test set",
-        "Test loss and accuracy, per-class precision, recall and F1, and the "
-        "confusion matrix of a run's latest checkpoint; also writes "
-        "evaluation.json, confusion.png and misclassified.png into the run.",
-    )
+
+def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     _add_run_argument(evaluate)
     evaluate.add_argument(
         "--test-limit",
@@ -194,13 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     _add_output_options(evaluate)
 
-    predict = add(
-        "predict",
-        "classify digit images with a trained run",
-        "Classify images of digits (PNG, JPEG, ...; any size up to about 89 megapixels; dark "
-        "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
-        "MNIST's, normalized as in training, and classified.",
-    )
+
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_run_argument(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     predict.add_argument(
@@ -220,13 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_options(predict)
 
-    summary = add(
-        "summary",
-        "layers, output shapes and parameter counts",
-        "A table of the model's layers with output shapes and parameter counts, for a "
-        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
-        "784-256-10).",
-    )
+
+def _summary_arguments(summary: argparse.ArgumentParser) -> None:
     summary.add_argument(
         "run",
         nargs="?",
@@ -235,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run name or directory (default: describe the options below)",
     )
     summary.add_argument(
-        "--runs-dir", default="runs", metavar="DIR", help="where run names are looked up"
+        "--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where run names are looked up"
     )
     summary.add_argument(
         "--config",
@@ -248,11 +246,67 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_option(model, name)
     _add_output_options(summary, quiet=False)
 
-    data_parser = add("data", "show, fetch or prepare the datasets", data_command.DESCRIPTION)
-    data_command.add_arguments(data_parser)
+
+# command -> (one line for the command list, its --help description, its arguments)
+_COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": (
+        "train a model; writes runs/<name>/",
+        "Train an MLP. The defaults train 784-512-256-10 (ReLU, dropout 0.2) with Adam "
+        "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
+        "there. Options override the --config file, which overrides the defaults. The run "
+        "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
+        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
+        "a time trains it.",
+        _train_arguments,
+    ),
+    "evaluate": (
+        "score a trained run on the test set",
+        "Test loss and accuracy, per-class precision, recall and F1, and the "
+        "confusion matrix of a run's latest checkpoint; also writes "
+        "evaluation.json, confusion.png and misclassified.png into the run.",
+        _evaluate_arguments,
+    ),
+    "predict": (
+        "classify digit images with a trained run",
+        "Classify images of digits (PNG, JPEG, ...; any size up to about 89 megapixels; dark "
+        "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
+        "MNIST's, normalized as in training, and classified.",
+        _predict_arguments,
+    ),
+    "summary": (
+        "layers, output shapes and parameter counts",
+        "A table of the model's layers with output shapes and parameter counts, for a "
+        "trained RUN or for the model the options describe (e.g. --hidden 256 for "
+        "784-256-10).",
+        _summary_arguments,
+    ),
+    "data": (
+        "show, fetch or prepare the datasets",
+        data_command.DESCRIPTION,
+        data_command.add_arguments,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxmlp`` argument parser.
+
+    The options of the run configuration and ``train``'s ``--runs-dir`` are in the parsed
+    namespace only when given (see :func:`given_config_values`).
+    """
+    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
+    common = [_common()]
+    for name, (summary, description, add_arguments) in _COMMANDS.items():
+        add_arguments(
+            sub.add_parser(
+                name,
+                help=summary,
+                description=description,
+                parents=common,
+                formatter_class=HelpFormatter,
+            )
+        )
     return parser
-
-
-def explicit_config_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-configuration keys given on the command line, from its one parse."""
-    return {k: v for k, v in vars(args).items() if k in cfglib.FIELDS}

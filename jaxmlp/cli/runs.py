@@ -34,18 +34,11 @@ PLOT_FILES = {
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write JSON atomically (:func:`jaxmlp._files.write_json`); an OSError becomes one line."""
+    """Write JSON atomically (:func:`jaxmlp._files.write_json`); a failure is a CliError."""
     try:
         _files.write_json(path, document)
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from e
-
-
-def steps_per_epoch(config: RunConfig, n_train: int) -> int:
-    """The optimizer steps of one epoch of this run (:func:`jaxmlp.steps_per_epoch`)."""
-    from jaxmlp.training import steps_per_epoch
-
-    return steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
 
 
 def resolve_run(run: str, runs_dir: str) -> Path:
@@ -61,7 +54,7 @@ def resolve_run(run: str, runs_dir: str) -> Path:
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    """The effective config saved in a run directory (older key spellings accepted)."""
+    """The effective config saved in a run directory."""
     try:
         return cfglib.load(run_dir / CONFIG_FILE)
     except cfglib.ConfigError as e:
@@ -138,14 +131,15 @@ def _dtype(config: RunConfig):
 def build_state(config: RunConfig, n_train: int):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
-    The learning-rate schedule spans ``epochs * jaxmlp.steps_per_epoch(n_train, batch_size,
-    batch_sampling)`` steps: it ends on the last step trained.
+    The learning-rate schedule spans the whole run, ``epochs * steps_per_epoch`` steps (the
+    number :func:`jaxmlp.fit` trains for the config's batch sampling), so it ends on the last.
     """
     import jax
 
     import jaxmlp
 
-    total_steps = config.epochs * steps_per_epoch(config, n_train)
+    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
+    total_steps = config.epochs * steps
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,
@@ -157,7 +151,7 @@ def build_state(config: RunConfig, n_train: int):
     )
 
 
-def load_data(config: RunConfig, *, test_limit: int | None = None, download: bool = True):
+def load_data(config: RunConfig, *, download: bool = True):
     """(dataset, train, validation, test) with the config's normalization, hold-out and limits.
 
     ``train``, ``validation``, ``test`` are ``(images (n, 784), labels (n,))`` numpy pairs;
@@ -178,8 +172,7 @@ def load_data(config: RunConfig, *, test_limit: int | None = None, download: boo
     n_train = train_size(config)
     train = (ds.train.images[:n_train], ds.train.labels[:n_train])
     validation = (ds.validation.images, ds.validation.labels) if ds.validation else None
-    limit = test_limit if test_limit is not None else config.test_limit
-    test = (ds.test.images[:limit], ds.test.labels[:limit])
+    test = (ds.test.images[: config.test_limit], ds.test.labels[: config.test_limit])
     return ds, train, validation, test
 
 
@@ -229,10 +222,15 @@ def restore_run(
     )
 
 
-def load_for_inference(run: str, runs_dir: str, out: Output):
-    """(run directory, its config, its latest good checkpoint) for evaluate and predict."""
+def load_for_inference(run: str, runs_dir: str, out: Output, *, changes: dict | None = None):
+    """(run directory, its config, its latest good checkpoint) for evaluate and predict.
+
+    ``changes``: config keys that override the saved ones (e.g. evaluate's ``test_limit``).
+    """
     run_dir = resolve_run(run, runs_dir)
     config = read_run_config(run_dir)
+    if changes:
+        config = cfglib.from_mapping(changes, base=config, source="")
     restored = restore_run(run_dir, config, out)
     if restored is None:
         raise CliError(

@@ -3,13 +3,16 @@
 What the command adds to ``fit``: the configuration (defaults < ``--config`` file < options),
 the run directory and its lock, fetching a missing dataset, a checkpoint and ``history.json``
 after every epoch (through ``fit``'s epoch callback), resuming from the last good checkpoint,
-the table and progress bar, Ctrl-C, and the test scores and plots at the end.
+the table and progress bar, Ctrl-C, and the test scores and plots at the end. The arguments of
+the training itself (the batch size against the data, the device mesh) are checked by ``fit``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +32,42 @@ from jaxmlp.cli.output import (
     epoch_row,
     progress_bar,
 )
-from jaxmlp.training._epoch import check_batch_size, check_mesh
+from jaxmlp.cli.parser import DEFAULT_RUNS_DIR
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, dict, str]:
-    """(config, requested values, run name) from defaults < --config file < ``explicit``
-    options."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainRun:
+    """One ``jaxmlp train``: what it trains and where.
+
+    ``requested`` holds the keys the ``--config`` file and the options gave (a resumed run
+    takes over only those); the run directory is ``runs_dir / name``.
+    """
+
+    config: RunConfig
+    requested: dict[str, Any]
+    name: str
+    runs_dir: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
+    """The run from defaults < ``--config`` file < the ``given`` options (see
+    :func:`jaxmlp.cli.parser.given_config_values`)."""
     file_values: dict[str, Any] = {}
     if args.config:
         file_values = {cfglib.normalize_key(k): v for k, v in cfglib.read_file(args.config).items()}
-    name = args.name or file_values.pop("name", None)
-    runs_dir = file_values.pop("runs_dir", None)
-    if args.runs_dir is None:  # an explicit --runs-dir wins over the file's
-        args.runs_dir = str(runs_dir) if runs_dir is not None else "runs"
+    # A file may name its run and where it goes; an option given on the command line wins.
+    file_name, file_runs_dir = file_values.pop("name", None), file_values.pop("runs_dir", None)
+    name = args.name or file_name
+    runs_dir = str(getattr(args, "runs_dir", file_runs_dir or DEFAULT_RUNS_DIR))
     base = cfglib.from_mapping(file_values, source=args.config) if file_values else RunConfig()
-    config = cfglib.from_mapping(explicit, base=base, source="")
-    requested = {**file_values, **explicit}
+    config = cfglib.from_mapping(given, base=base, source="")
+    requested = {**file_values, **given}
     name = name or config.dataset
     if not isinstance(name, str) or not _NAME.match(name):
         raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
@@ -57,21 +78,21 @@ def train_config(args: argparse.Namespace, explicit: dict) -> tuple[RunConfig, d
                 "noise multiplier), not both"
             )
         config = calibrated(config)
-    return config, requested, name
+    return TrainRun(config=config, requested=requested, name=name, runs_dir=runs_dir)
 
 
 def calibrated(config: RunConfig) -> RunConfig:
     """The config with the noise multiplier whose whole run spends ``dp_target_epsilon`` at
     ``dp_delta`` (sampling rate batch_size / n, all epochs' steps)."""
-    import dataclasses
-
+    import jaxmlp
     from jaxmlp import privacy
 
     n_train = runs.train_size(config)
+    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
     sigma = privacy.noise_multiplier_for_epsilon(
         target_epsilon=config.dp_target_epsilon,
         sampling_rate=config.batch_size / n_train,
-        steps=config.epochs * runs.steps_per_epoch(config, n_train),
+        steps=config.epochs * steps,
         delta=config.dp_delta,
         accountant=config.dp_accountant,
     )
@@ -80,67 +101,64 @@ def calibrated(config: RunConfig) -> RunConfig:
     )
 
 
-def cmd_train(args: argparse.Namespace, explicit: dict, out: Output) -> int:
-    config, requested, name = train_config(args, explicit)
-    run_dir = Path(args.runs_dir) / name
-    with runs.locked(run_dir):
+def cmd_train(args: argparse.Namespace, given: dict[str, Any], out: Output) -> int:
+    """``given``: the config keys given as options (they override the ``--config`` file)."""
+    run = train_run(args, given)
+    with runs.locked(run.run_dir):
         config = runs.prepare_run_dir(
-            run_dir, config, requested, out, resume=args.resume, overwrite=args.overwrite
+            run.run_dir,
+            run.config,
+            run.requested,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
         )
-        return _train(args, config, name, run_dir, out)
+        return _train(args, dataclasses.replace(run, config=config), out)
 
 
-def _data_parallel_mesh(config: RunConfig):
-    import jax
+def _train(args: argparse.Namespace, run: TrainRun, out: Output) -> int:
+    config = run.config
+    # Everything that can be checked without data is checked before loading it.
+    state = runs.build_state(config, runs.train_size(config))
+    mesh = None
+    if args.data_parallel:
+        import jax
 
-    from jaxmlp import sharding
-
-    return sharding.data_parallel_mesh(jax.local_devices())
-
-
-def _train(args, config: RunConfig, name: str, run_dir: Path, out: Output) -> int:
-    n_train = runs.train_size(config)
-    mesh = _data_parallel_mesh(config) if args.data_parallel else None
-    # Everything that can be checked without data is checked before loading it, by the rules
-    # fit itself applies (one rule each; fit's own check then finds nothing).
-    check_batch_size(config.batch_size, n_train)
-    check_mesh(mesh, config.batch_size)
-    state = runs.build_state(config, n_train)
-    ds, train, validation, test = runs.load_training_data(
-        config, out, download=not args.no_download
-    )
-    state, history = _start_run_dir(run_dir, config, state, out)
-    if mesh is not None:
         from jaxmlp import sharding
 
-        out.line(sharding.describe(mesh))
-    _print_header(config, ds, n_train, validation, test, run_dir, out)
-    start_epoch = history[-1]["epoch"] if history else 0
-    if start_epoch < config.epochs:
-        out.line(epoch_header(config.model.is_private))
-    for record in history:
-        out.line(epoch_row(record))
-    if start_epoch < config.epochs:
-        code, state, history = _fit(
-            args, config, name, run_dir, out, state, history, train, validation, mesh
-        )
-        if code is not None:
+        mesh = sharding.data_parallel_mesh(jax.local_devices())
+    data = runs.load_training_data(config, out, download=not args.no_download)
+    fresh = not run.run_dir.exists()
+    state, history = _start_run_directory(run, state, out)
+    _print_header(run, data, mesh, history, out)
+    if len(history) < config.epochs:
+        try:
+            state, history, code = _fit(run, state, history, data, mesh, out)
+        except (ValueError, TypeError):
+            # fit refused its arguments before training anything (the batch size against the
+            # data, the mesh): a new run leaves no directory behind, so that the corrected
+            # command starts it afresh instead of meeting a run of another config.
+            if fresh and not history:
+                shutil.rmtree(run.run_dir, ignore_errors=True)
+            raise
+        if code != EXIT_OK:
             return code
     if not history:
-        raise CliError(f"{run_dir} has no completed epoch")
-    return _finish(args, config, state, history, ds, test, run_dir, out)
+        raise CliError(f"{run.run_dir} has no completed epoch")
+    return _finish(args, run, state, history, data, out)
 
 
-def _start_run_dir(run_dir: Path, config: RunConfig, state, out: Output):
-    """Create the run directory and its config.json, and restore its last good checkpoint:
-    ``(state, history)`` to continue from (a fresh state and no history for a new run)."""
+def _start_run_directory(run: TrainRun, state, out: Output) -> tuple[Any, list[dict[str, Any]]]:
+    """Create the run directory, write its config.json, and restore its latest good checkpoint
+    if it has one: ``(state, history)`` to continue from (``state`` itself for a new run)."""
+    run_dir = run.run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot create {run_dir}: {e.strerror or e}") from e
-    runs.write_json(run_dir / runs.CONFIG_FILE, config.to_dict())
+    runs.write_json(run_dir / runs.CONFIG_FILE, run.config.to_dict())
     history: list[dict[str, Any]] = []
-    restored = runs.restore_run(run_dir, config, out, target=state, quarantine=True)
+    restored = runs.restore_run(run_dir, run.config, out, target=state, quarantine=True)
     if restored is not None:
         state = restored.state
         history = [r for r in restored.meta.get("history", []) if r["epoch"] <= restored.epoch]
@@ -150,9 +168,16 @@ def _start_run_dir(run_dir: Path, config: RunConfig, state, out: Output):
     return state, history
 
 
-def _print_header(config: RunConfig, ds, n_train: int, validation, test, run_dir, out) -> None:
+def _print_header(run: TrainRun, data, mesh, history, out: Output) -> None:
+    """The lines before the table (model, data, DP-SGD, devices), then the rows so far."""
     import jaxmlp
 
+    config = run.config
+    ds, (_, y_train), validation, test = data
+    if mesh is not None:
+        from jaxmlp import sharding
+
+        out.line(sharding.describe(mesh))
     n_val = len(validation[1]) if validation else 0
     out.line(
         f"{PROG} train: {'-'.join(map(str, config.layer_sizes))} {config.activation} MLP "
@@ -161,26 +186,32 @@ def _print_header(config: RunConfig, ds, n_train: int, validation, test, run_dir
         f"{config.epochs} epochs"
     )
     out.line(
-        f"data: {ds.name} {n_train:,} train / {n_val:,} validation / {len(test[1]):,} test "
-        f"({config.normalize}); run directory: {run_dir}"
+        f"data: {ds.name} {len(y_train):,} train / {n_val:,} validation / {len(test[1]):,} test "
+        f"({config.normalize}); run directory: {run.run_dir}"
     )
     if config.model.clips_gradients:
+        calibration = (
+            f" (calibrated for epsilon {config.dp_target_epsilon:g})"
+            if config.dp_target_epsilon is not None
+            else ""
+        )
         out.line(
             f"DP-SGD: clip {config.dp_clip_norm:g}, noise multiplier "
             f"{config.dp_noise_multiplier:g}, {config.batch_sampling} batches; epsilon at delta "
-            f"{config.dp_delta:g} by {config.dp_accountant}"
-            + (
-                f" (calibrated for epsilon {config.dp_target_epsilon:g})"
-                if config.dp_target_epsilon is not None
-                else ""
-            )
+            f"{config.dp_delta:g} by {config.dp_accountant}{calibration}"
         )
+    if len(history) < config.epochs:
+        out.line(epoch_header(config.model.is_private))
+    for record in history:
+        out.line(epoch_row(record))
 
 
-def _epoch_writer(run_dir: Path, config: RunConfig, history: list, bar, stop, out: Output):
-    """fit's ``on_epoch_end`` for a run directory: after each epoch its checkpoint, then
-    history.json, then the table row; it asks fit to stop after a Ctrl-C."""
+def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Output):
+    """fit's ``on_epoch_end``: the epoch's checkpoint, history.json and table row; it asks fit
+    to stop after a Ctrl-C."""
     from jaxmlp import checkpoints
+
+    config, run_dir = run.config, run.run_dir
 
     def on_epoch_end(state, record) -> bool:
         # The checkpoint of each epoch holds the history up to it (fit returns the same
@@ -205,24 +236,24 @@ def _epoch_writer(run_dir: Path, config: RunConfig, history: list, bar, stop, ou
     return on_epoch_end
 
 
-def _fit(args, config: RunConfig, name: str, run_dir: Path, out: Output, state, history, train,
-         validation, mesh):  # fmt: skip
-    """The remaining epochs through :func:`jaxmlp.fit`: ``(exit status or None, state,
-    history)``, with a status when training diverged or was interrupted."""
+def _fit(run: TrainRun, state, history: list, data, mesh, out: Output):
+    """Train the remaining epochs with :func:`jaxmlp.fit`: ``(state, history, exit status)``;
+    the status is EXIT_OK unless training diverged or was interrupted."""
     import jaxmlp
 
-    start_epoch = history[-1]["epoch"] if history else 0
+    config = run.config
+    _, (x_train, y_train), validation, _ = data
     with progress_bar(not out.quiet, config.epochs) as bar, StopRequest(out) as stop:
         try:
             state, history = jaxmlp.fit(
-                x_train=train[0],
-                y_train=train[1],
+                x_train=x_train,
+                y_train=y_train,
                 state=state,
                 history=list(history),
-                epochs=config.epochs - start_epoch,
+                epochs=config.epochs - len(history),
                 batch_size=config.batch_size,
                 validation_data=validation,
-                on_epoch_end=_epoch_writer(run_dir, config, history, bar, stop, out),
+                on_epoch_end=_epoch_writer(run, history, bar, stop, out),
                 progress=bar,
                 mesh=mesh,
                 dp_delta=config.dp_delta,
@@ -231,19 +262,22 @@ def _fit(args, config: RunConfig, name: str, run_dir: Path, out: Output, state, 
         except jaxmlp.DivergenceError as e:
             if bar is not None:
                 bar.finish()
-            _report_divergence(e, config, runs.steps_per_epoch(config, len(train[1])), out)
-            return EXIT_FAILED, state, history
-        if stop.requested and history[-1]["epoch"] < config.epochs:
-            out.note(
-                f"interrupted: stopped after epoch {history[-1]['epoch']}, checkpoint saved; "
-                f"continue with `{PROG} train --name {name} --runs-dir {args.runs_dir} "
-                "--resume`"
-            )
-            return EXIT_INTERRUPTED, state, history
-    return None, state, history
+            _report_divergence(e, config, out)
+            return state, history, EXIT_FAILED
+    if stop.requested and history[-1]["epoch"] < config.epochs:
+        out.note(
+            f"interrupted: stopped after epoch {history[-1]['epoch']}, checkpoint saved; "
+            f"continue with `{PROG} train --name {run.name} --runs-dir {run.runs_dir} --resume`"
+        )
+        return state, history, EXIT_INTERRUPTED
+    return state, history, EXIT_OK
 
 
-def _report_divergence(error, config: RunConfig, steps: int, out: Output) -> None:
+def _report_divergence(error, config: RunConfig, out: Output) -> None:
+    import jaxmlp
+
+    n_train = runs.train_size(config)
+    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
     epoch, step = error.epoch, error.step
     kept = (
         f"the last good checkpoint (epoch {epoch - 1}) is intact"
@@ -259,8 +293,10 @@ def _report_divergence(error, config: RunConfig, steps: int, out: Output) -> Non
     out.emit({"event": "diverged", "epoch": epoch, "step": step})
 
 
-def _finish(args, config: RunConfig, state, history, ds, test, run_dir: Path, out: Output) -> int:
+def _finish(args, run: TrainRun, state, history, data, out: Output) -> int:
     """The test scores, the plots, metrics.json and the final line of a finished run."""
+    config, run_dir = run.config, run.run_dir
+    ds, _, _, test = data
     scores = score_test_set(state, test, ds.class_names, run_dir, plots=not args.no_plots)
     if not args.no_plots:
         from jaxmlp import plots as plotlib

@@ -40,15 +40,14 @@ Decoded arrays are cached as ``.npy`` under ``<cache>/decoded/`` keyed by the sh
 verified source content, and are themselves checked against the pinned sha256 of the pixel
 bytes, so a changed or damaged file can never be served.
 
-Command line: ``jaxmlp data [status|fetch|prepare-tfds] [DATASET...]``, (also ``python -m jaxmlp
-data ...``; see ``--help``). Exit status 0 success, 1 ``status`` found
-missing or damaged files, 2 an error (one line on stderr).
+Command line: ``jaxmlp data [status|fetch|prepare-tfds] [DATASET...]`` (see ``--help``; the
+command lives in :mod:`jaxmlp.cli.data`). Exit status 0 success, 1 ``status`` found missing or
+damaged files, 2 an error (one line on stderr).
 
 Modules, each importing only those above it: ``_errors``; ``_idx`` (the IDX reader);
 ``_specs`` (the datasets' files and checksums as data); ``_store`` (data roots, verification,
-caches); ``_fetch`` (mirrors and packages); ``_tfds``; ``_load``. The command that shows and
-fetches them is ``jaxmlp data`` (:mod:`jaxmlp.cli`). Importing this package imports neither
-JAX nor tensorflow-datasets.
+caches); ``_fetch`` (mirrors and packages); ``_tfds``; ``_load``. Importing this
+package imports neither JAX nor tensorflow-datasets.
 """
 
 from jaxmlp.data._errors import (
