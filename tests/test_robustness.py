@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from cli_support import history_epochs, require_mnist, restore_final, small_run
 
-from jaxmlp import checkpoints, cli
+from jaxmlp import checkpoints
 from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import runs
 
 TINY = small_run(16, "--no-plots", "--quiet")
 CHILD_TIMEOUT = 240  # seconds; a hung child fails the test instead of blocking CI
@@ -41,7 +42,7 @@ def _jaxmlp(*argv) -> list[str]:
 def _restore_each(run_dir: Path, scratch: Path) -> tuple[list[int], list[int]]:
     """Restore every listed checkpoint on its own: ``(readable epochs, unreadable epochs)``."""
     config = cfglib.load(run_dir / "config.json")
-    target = cli.build_state(config, cli.train_size(config))
+    target = runs.build_state(config, runs.train_size(config))
     readable, unreadable = [], []
     for epoch in checkpoints.list_steps(run_dir / "checkpoints"):
         alone = scratch / f"alone-{epoch}"
