@@ -4,11 +4,17 @@
 step counts, which that mode rejects.)
 """
 
+import os
+
 import jax
 import pytest
 from cli_support import require_mnist
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The command's persistent compilation cache is process-wide: tests keep it off, so that no test
+# depends on what an earlier one compiled; tests/test_compilation_cache.py turns it on.
+os.environ.setdefault("JAXMLP_COMPILATION_CACHE", "0")
 
 
 @pytest.fixture

@@ -31,6 +31,9 @@ from jaxmlp.cli.parser import build_parser, given_config_values
 
 __all__ = ["main"]
 
+COMPILING_COMMANDS = ("train", "evaluate", "predict")
+"""The commands that compile programs, and so use the persistent compilation cache."""
+
 
 def _error_line(error: BaseException) -> str:
     from jaxmlp import data
@@ -76,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed in one line
         return int(e.code or 0)
+    args.argv = argv  # recorded in the run directory's provenance
     out = Output(args)
+    if args.command in COMPILING_COMMANDS:
+        from jaxmlp.cli.compilation import use_compilation_cache
+
+        use_compilation_cache(not getattr(args, "no_compilation_cache", False))
     from jaxmlp import checkpoints, data, images
     from jaxmlp.cli import config as cfglib
 

@@ -4,6 +4,7 @@ run back, and what every command builds from a run's configuration (data, state,
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
+PROVENANCE_FILE = "provenance.json"
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "checkpoints-unreadable"
 PLOT_FILES = {
@@ -39,6 +41,46 @@ def write_json(path: Path, document: Any) -> None:
         _files.write_json(path, document)
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def provenance(argv: list[str] | None) -> dict[str, Any]:
+    """What a run was computed with: the versions of jaxmlp, jax, jaxlib, optax, flax, numpy and
+    Python, the platform, the kind and count of devices, the command line, and when."""
+    import platform
+    import time
+    from importlib import metadata
+
+    import jax
+
+    versions = {}
+    for package in ("jaxmlp", "jax", "jaxlib", "optax", "flax", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+            versions[package] = None
+    devices = jax.devices()
+    return {
+        "versions": {**versions, "python": platform.python_version()},
+        "platform": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "command": [PROG, *argv] if argv is not None else None,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def record_provenance(run_dir: Path, argv: list[str] | None) -> None:
+    """Add this start of the run to ``provenance.json`` (``{"starts": [...]}``, one entry per
+    start: the first, then each ``--resume``)."""
+    path = run_dir / PROVENANCE_FILE
+    starts: list[Any] = []
+    if path.is_file():
+        try:
+            starts = list(json.loads(path.read_text()).get("starts", []))
+        except (OSError, ValueError, AttributeError):  # unreadable: start a new record
+            starts = []
+    write_json(path, {"starts": [*starts, provenance(argv)]})
 
 
 def resolve_run(run: str, runs_dir: str) -> Path:
