@@ -9,13 +9,20 @@ both alike:
   epochs per round; per tree the median epoch time, the ratio B / A, and whether the final
   parameters are bit-identical;
 - ``train``: the default ``jaxmlp train`` (``--no-plots --json``) from each tree, and its
-  history compared field by field (everything but wall times).
+  history compared field by field (everything but wall times);
+- ``numbers``: fingerprints (sha256 of the bytes) of what the core computes on fixed synthetic
+  data: loss, gradients, backprop (batch and one example), forward with dropout, per-example
+  gradients and norms by both methods, two-epoch ``fit`` runs in eight configurations (dropout,
+  L2 with sigmoid outputs by backprop, DP-SGD shuffled and Poisson by both gradient methods,
+  fast gradient sign, VAT, max-norm) with their histories, a stacked ``multi`` epoch and
+  ``evaluate``; each value of A against B.
 
 Usage::
 
     git worktree add /tmp/before <commit>
     python scripts/compare_trees.py epoch /tmp/before . --rounds 5
     python scripts/compare_trees.py train /tmp/before .
+    python scripts/compare_trees.py numbers /tmp/before .
 
 Only APIs that both trees have are used (``jaxmlp.create_train_state``, ``jaxmlp.train_epoch``,
 ``jaxmlp.data.load``, the ``jaxmlp train`` command).
@@ -55,6 +62,60 @@ for leaf in jax.tree.leaves(state.params):
     digest.update(np.asarray(leaf).tobytes())
 print(json.dumps({"seconds": seconds, "params_sha256": digest.hexdigest(),
                   "loss": float(metrics["loss"])}))
+"""
+
+NUMBERS_CHILD = r"""
+import hashlib, json
+import jax, numpy as np
+import jaxmlp, jaxmlp.multi
+def h(tree):
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
+rng = np.random.default_rng(0)
+x = rng.random((1000, 64), dtype=np.float32)
+y = rng.integers(0, 10, 1000).astype(np.int32)
+p = jaxmlp.init_mlp(jax.random.key(1), (64, 32, 16, 10))
+key = jax.random.key(2)
+kw = dict(dropout_rate=0.3, input_dropout_rate=0.1, key=key)
+out = {
+    "loss": h(jaxmlp.loss(p, x, y, l2=1e-3, **kw)),
+    "grad": h(jax.grad(jaxmlp.loss)(p, x, y, l2=1e-3, **kw)),
+    "backprop": h(jaxmlp.backprop(p, x, y, l2=1e-3, **kw)),
+    "backprop_one": h(jaxmlp.backprop(p, x[0], y[0])),
+    "forward": h(jaxmlp.forward(p, x, **kw)),
+}
+for m in ("backprop", "autodiff"):
+    out[f"per_example_grads_{m}"] = h(jaxmlp.per_example_grads(
+        p, x[:50], y[:50], method=m, dropout_rate=0.2, key=key))
+    out[f"per_example_norms_{m}"] = h(jaxmlp.per_example_grad_norms(p, x[:50], y[:50], method=m))
+cases = {
+    "dropout": dict(dropout_rate=0.2),
+    "l2_sigmoid_backprop": dict(l2=1e-3, output="sigmoid", gradient="backprop"),
+    "dp_shuffle_backprop": dict(dp_clip_norm=1.0, dp_noise_multiplier=1.1, gradient="backprop"),
+    "dp_shuffle_autodiff": dict(dp_clip_norm=1.0, dp_noise_multiplier=1.1, dropout_rate=0.1),
+    "dp_poisson_backprop": dict(dp_clip_norm=0.5, dp_noise_multiplier=1.0, gradient="backprop",
+                                batch_sampling="poisson", l2=1e-4),
+    "fast_gradient_sign": dict(adversarial_epsilon=0.05),
+    "vat": dict(vat_epsilon=1.0, dropout_rate=0.2),
+    "max_norm": dict(max_norm=2.0),
+}
+for name, options in cases.items():
+    state, history = jaxmlp.fit(jax.random.key(3), (64, 32, 10), x, y,
+                                optimizer=jaxmlp.optimizer("adam", 1e-3), epochs=2, batch_size=96,
+                                validation_data=(x[:200], y[:200]), **options)
+    out[f"fit_{name}"] = h(state.params)
+    out[f"history_{name}"] = h([[v for k, v in sorted(r.items())
+                                 if k not in ("seconds", "compile_seconds")] for r in history])
+sgd = jaxmlp.optimizer("sgd", 0.1)
+states = jaxmlp.multi.stack_states(
+    [jaxmlp.create_train_state(jax.random.key(s), (64, 32, 10), sgd) for s in range(3)])
+states, _ = jaxmlp.multi.train_epoch(states, x, y, batch_size=100)
+out["multi_epoch"] = h(states.params)
+out["multi_evaluate"] = h(jaxmlp.multi.evaluate(states, x, y)["loss"])
+out["evaluate"] = h(list(jaxmlp.evaluate(state, x, y, batch_size=300).values()))
+print(json.dumps(out))
 """
 
 TIMING_FIELDS = {"seconds", "compile_seconds"}
@@ -160,9 +221,31 @@ def compare_training(a: Path, b: Path, extra: list[str]) -> None:
     print(f"histories identical in every field but the wall times: {identical}")
 
 
+def compare_numbers(a: Path, b: Path) -> None:
+    results = {}
+    for name, tree in (("A", a), ("B", b)):
+        process = subprocess.run(
+            [sys.executable, "-c", NUMBERS_CHILD],
+            capture_output=True,
+            text=True,
+            env=_environment(tree),
+            cwd=tempfile.gettempdir(),
+            check=False,
+        )
+        if process.returncode:
+            raise SystemExit(f"{tree}: the numbers child failed:\n{process.stderr[-3000:]}")
+        results[name] = json.loads(process.stdout.strip().splitlines()[-1])
+    same = 0
+    for key in results["A"]:
+        va, vb = results["A"][key], results["B"].get(key)
+        same += va == vb
+        print(f"{key:>30}  {va}  {vb}  {'same' if va == vb else 'DIFFERENT'}")
+    print(f"identical: {same} of {len(results['A'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("epoch", "train"))
+    parser.add_argument("what", choices=("epoch", "train", "numbers"))
     parser.add_argument("a", type=Path, help="tree A (e.g. the code before a change)")
     parser.add_argument("b", type=Path, help="tree B (e.g. the code after it)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -172,6 +255,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if args.what == "epoch":
         compare_epochs(args.a, args.b, args.rounds, args.epochs, args.hidden, args.batch_size)
+    elif args.what == "numbers":
+        compare_numbers(args.a, args.b)
     else:
         compare_training(args.a, args.b, extra)
 
