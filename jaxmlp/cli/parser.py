@@ -178,6 +178,12 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     run.add_argument(
+        "--no-events",
+        action="store_true",
+        help="do not write TensorBoard events (by default the run directory gets them, so "
+        "`tensorboard --logdir RUNS_DIR` shows every run)",
+    )
+    run.add_argument(
         "--data-parallel",
         action="store_true",
         help="train data-parallel over all local devices (jax.sharding): each "
@@ -255,8 +261,8 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
         "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
         "there. Options override the --config file, which overrides the defaults. The run "
         "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
-        "kept), metrics.json and history.png, misclassified.png, confusion.png; one process at "
-        "a time trains it.",
+        "kept), TensorBoard event files, metrics.json and history.png, misclassified.png, "
+        "confusion.png; one process at a time trains it.",
         _train_arguments,
     ),
     "evaluate": (

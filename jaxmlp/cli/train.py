@@ -1,15 +1,17 @@
 """``jaxmlp train``: a run directory around :func:`jaxmlp.fit`, the one training loop.
 
 What the command adds to ``fit``: the configuration (defaults < ``--config`` file < options),
-the run directory and its lock, fetching a missing dataset, a checkpoint and ``history.json``
-after every epoch (through ``fit``'s epoch callback), resuming from the last good checkpoint,
-the table and progress bar, Ctrl-C, and the test scores and plots at the end. The arguments of
-the training itself (the batch size against the data, the device mesh) are checked by ``fit``.
+the run directory and its lock, fetching a missing dataset, a checkpoint, ``history.json`` and
+TensorBoard events after every epoch (through ``fit``'s epoch callback), resuming from the last
+good checkpoint, the table and progress bar, Ctrl-C, and the test scores and plots at the end.
+The arguments of the training itself (the batch size against the data, the device mesh) are
+checked by ``fit``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import re
 import shutil
@@ -133,7 +135,9 @@ def _train(args: argparse.Namespace, run: TrainRun, out: Output) -> int:
     _print_header(run, data, mesh, history, out)
     if len(history) < config.epochs:
         try:
-            state, history, code = _fit(run, state, history, data, mesh, out)
+            state, history, code = _fit(
+                run, state, history, data, mesh, out, events=not args.no_events
+            )
         except (ValueError, TypeError):
             # fit refused its arguments before training anything (the batch size against the
             # data, the mesh): a new run leaves no directory behind, so that the corrected
@@ -206,9 +210,10 @@ def _print_header(run: TrainRun, data, mesh, history, out: Output) -> None:
         out.line(epoch_row(record))
 
 
-def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Output):
-    """fit's ``on_epoch_end``: the epoch's checkpoint, history.json and table row; it asks fit
-    to stop after a Ctrl-C."""
+def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Output, events):
+    """fit's ``on_epoch_end``: the epoch's checkpoint, history.json, TensorBoard events (with
+    ``events``, a :class:`jaxmlp.loggers.TensorBoardLogger`) and table row; it asks fit to stop
+    after a Ctrl-C."""
     from jaxmlp import checkpoints
 
     config, run_dir = run.config, run.run_dir
@@ -229,6 +234,8 @@ def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Out
             keep=config.keep_checkpoints,
         )
         runs.write_json(run_dir / runs.HISTORY_FILE, history)
+        if events is not None:
+            events(state, record)
         out.line(epoch_row(record))
         out.emit({"event": "epoch", **record})
         return stop.requested and record["epoch"] < config.epochs
@@ -236,14 +243,20 @@ def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Out
     return on_epoch_end
 
 
-def _fit(run: TrainRun, state, history: list, data, mesh, out: Output):
+def _fit(run: TrainRun, state, history: list, data, mesh, out: Output, *, events: bool):
     """Train the remaining epochs with :func:`jaxmlp.fit`: ``(state, history, exit status)``;
-    the status is EXIT_OK unless training diverged or was interrupted."""
+    the status is EXIT_OK unless training diverged or was interrupted. ``events``: write
+    TensorBoard events into the run directory."""
     import jaxmlp
 
     config = run.config
     _, (x_train, y_train), validation, _ = data
-    with progress_bar(not out.quiet, config.epochs) as bar, StopRequest(out) as stop:
+    logger = _event_logger(run) if events else None
+    with (
+        progress_bar(not out.quiet, config.epochs) as bar,
+        StopRequest(out) as stop,
+        contextlib.nullcontext() if logger is None else logger,
+    ):
         try:
             state, history = jaxmlp.fit(
                 x_train=x_train,
@@ -253,7 +266,7 @@ def _fit(run: TrainRun, state, history: list, data, mesh, out: Output):
                 epochs=config.epochs - len(history),
                 batch_size=config.batch_size,
                 validation_data=validation,
-                on_epoch_end=_epoch_writer(run, history, bar, stop, out),
+                on_epoch_end=_epoch_writer(run, history, bar, stop, out, logger),
                 progress=bar,
                 mesh=mesh,
                 dp_delta=config.dp_delta,
@@ -271,6 +284,38 @@ def _fit(run: TrainRun, state, history: list, data, mesh, out: Output):
         )
         return state, history, EXIT_INTERRUPTED
     return state, history, EXIT_OK
+
+
+def _event_logger(run: TrainRun):
+    """The run's TensorBoard logger: its event files go into the run directory itself, so that
+    ``tensorboard --logdir RUNS_DIR`` lists one run per run name, and a resumed run adds a file
+    to the same run. The run's configuration is its hparams; the learning rate is read from the
+    schedule its optimizer was built with."""
+    from jaxmlp.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(
+        run.run_dir, hparams=run.config.to_dict(), learning_rate=_learning_rate(run.config)
+    )
+
+
+def _learning_rate(config: RunConfig):
+    """The learning-rate schedule (or number) of the run's optimizer, as
+    :func:`jaxmlp.cli.runs.build_state` builds it: ``config.optimization.build`` over all the
+    run's steps."""
+    import jaxmlp
+
+    settings = config.optimization
+    steps = jaxmlp.steps_per_epoch(
+        runs.train_size(config), config.batch_size, config.batch_sampling
+    )
+    return jaxmlp.schedule(
+        settings.schedule,
+        settings.learning_rate,
+        config.epochs * steps,
+        warmup_steps=settings.warmup_steps,
+        final_lr_fraction=settings.final_lr_fraction,
+        decay_rate=settings.decay_rate,
+    )
 
 
 def _report_divergence(error, config: RunConfig, out: Output) -> None:
