@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 from cli_support import small_run, train
-from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+from tensorboardX.proto import api_pb2, event_pb2, plugin_hparams_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 import jaxmlp
@@ -155,7 +155,7 @@ def test_hparams_open_a_session_with_the_first_epoch_and_end_it_at_close(tmp_pat
     assert values["optimizer"].string_value == "adam"
     assert values["learning_rate"].number_value == 0.01
     assert values["nesterov"].bool_value is False
-    assert ended.session_end_info.status == 1  # STATUS_SUCCESS
+    assert ended.session_end_info.status == api_pb2.Status.Value("STATUS_SUCCESS")
 
 
 def test_a_later_logger_of_the_same_folder_continues_the_run(tmp_path):
@@ -163,11 +163,17 @@ def test_a_later_logger_of_the_same_folder_continues_the_run(tmp_path):
     second file's epoch 3 replaces the first one's."""
     with TensorBoardLogger(tmp_path) as log:
         state, history = _fit(log)
+    x, y = _blobs()
     with TensorBoardLogger(tmp_path) as log:
         _, resumed = jaxmlp.fit(
-            x_train=_blobs()[0], y_train=_blobs()[1], state=state, history=history[:2],
-            epochs=2, batch_size=BATCH, on_epoch_end=log,
-        )  # fmt: skip
+            x_train=x,
+            y_train=y,
+            state=state,
+            history=history[:2],
+            epochs=2,
+            batch_size=BATCH,
+            on_epoch_end=log,
+        )
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
     assert scalars(tmp_path)["train/loss"] == as_written(resumed, "loss")
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
