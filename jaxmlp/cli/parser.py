@@ -112,6 +112,16 @@ def given_config_values(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in cfglib.FIELDS}
 
 
+def _add_compilation_cache_option(parser) -> None:
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="compile everything afresh: do not use the persistent compilation cache (by "
+        "default in the user cache, $XDG_CACHE_HOME/jaxmlp/xla; JAXMLP_COMPILATION_CACHE=DIR "
+        "moves it, =0 turns it off)",
+    )
+
+
 def _common() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -190,6 +200,7 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
         "batch is split across them; the batch size must be a multiple of "
         "the device count",
     )
+    _add_compilation_cache_option(run)
     _add_output_options(run)
     groups = {key: train.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
     for name, field in cfglib.FIELDS.items():
@@ -206,6 +217,7 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         help="score the first N test examples (default: the run's setting)",
     )
     evaluate.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
+    _add_compilation_cache_option(evaluate)
     _add_output_options(evaluate)
 
 
@@ -227,6 +239,7 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
         default=None,
         help="also write each preprocessed 28x28 input as a PNG into DIR",
     )
+    _add_compilation_cache_option(predict)
     _add_output_options(predict)
 
 

@@ -51,6 +51,8 @@ class TrainRun:
     requested: dict[str, Any]
     name: str
     runs_dir: str
+    argv: list[str] | None = None
+    """The command line, recorded in the run directory's provenance.json."""
 
     @property
     def run_dir(self) -> Path:
@@ -80,7 +82,13 @@ def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
                 "noise multiplier), not both"
             )
         config = calibrated(config)
-    return TrainRun(config=config, requested=requested, name=name, runs_dir=runs_dir)
+    return TrainRun(
+        config=config,
+        requested=requested,
+        name=name,
+        runs_dir=runs_dir,
+        argv=getattr(args, "argv", None),
+    )
 
 
 def calibrated(config: RunConfig) -> RunConfig:
@@ -161,6 +169,7 @@ def _start_run_directory(run: TrainRun, state, out: Output) -> tuple[Any, list[d
     except OSError as e:
         raise CliError(f"cannot create {run_dir}: {e.strerror or e}") from e
     runs.write_json(run_dir / runs.CONFIG_FILE, run.config.to_dict())
+    runs.record_provenance(run_dir, run.argv)
     history: list[dict[str, Any]] = []
     restored = runs.restore_run(run_dir, run.config, out, target=state, quarantine=True)
     if restored is not None:
