@@ -13,8 +13,9 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
 Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
 ``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many
 models in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`,
-:mod:`jaxmlp.metrics`, :mod:`jaxmlp.privacy`, :mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are
-attributes of the package, imported on first use so that ``import jaxmlp`` stays quick.
+:mod:`jaxmlp.metrics`, :mod:`jaxmlp.privacy`, :mod:`jaxmlp.loggers` (TensorBoard events),
+:mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are attributes of the package, imported on first
+use so that ``import jaxmlp`` stays quick.
 """
 
 import importlib
@@ -50,7 +51,17 @@ from jaxmlp.training import (
 )
 
 if TYPE_CHECKING:
-    from jaxmlp import checkpoints, data, images, metrics, multi, plots, privacy, sharding
+    from jaxmlp import (
+        checkpoints,
+        data,
+        images,
+        loggers,
+        metrics,
+        multi,
+        plots,
+        privacy,
+        sharding,
+    )
 
 __version__ = importlib.metadata.version("jaxmlp")
 
@@ -58,6 +69,7 @@ _SUBMODULES = (
     "checkpoints",
     "data",
     "images",
+    "loggers",
     "metrics",
     "multi",
     "plots",
@@ -95,6 +107,7 @@ __all__ = [
     "grad_check",
     "images",
     "init_mlp",
+    "loggers",
     "l2_penalty",
     "layer_sizes_of",
     "log_softmax",
