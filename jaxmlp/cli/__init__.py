@@ -7,6 +7,8 @@ Subcommands::
     jaxmlp evaluate RUN               test loss and accuracy, per-class precision/recall/F1,
                                       confusion matrix
     jaxmlp predict RUN IMAGE...       classify user-drawn digit images (PNG/JPEG)
+    jaxmlp export RUN --format onnx|jax --output FILE
+                                      the model as an ONNX or jax.export file
     jaxmlp summary [RUN] [options]    layers, output shapes and parameter counts
     jaxmlp data [status|fetch|prepare-tfds] [DATASET...]
                                       where the datasets are and whether they verify; fetch them
@@ -17,7 +19,7 @@ in the arguments, a file or the data (one line on stderr; ``--debug`` shows the 
 
 Modules: ``config`` (the run configuration), ``parser``, ``output``, ``runs`` (run directories,
 their lock, what a configuration builds), and one module per command (``train``, ``evaluate``,
-``predict``, ``summary``, ``data``).
+``predict``, ``export``, ``summary``, ``data``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from jaxmlp.cli.parser import build_parser, given_config_values
 
 __all__ = ["main"]
 
-COMPILING_COMMANDS = ("train", "evaluate", "predict")
+COMPILING_COMMANDS = ("train", "evaluate", "predict", "export")
 """The commands that compile programs, and so use the persistent compilation cache."""
 
 
@@ -61,6 +63,10 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         from jaxmlp.cli.predict import cmd_predict
 
         return cmd_predict(args, out)
+    if args.command == "export":
+        from jaxmlp.cli.export import cmd_export
+
+        return cmd_export(args, out)
     if args.command == "summary":
         from jaxmlp.cli.summary import cmd_summary
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import data as data_command
+from jaxmlp.cli import export as export_command
 from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
@@ -243,6 +244,23 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_output_options(predict)
 
 
+def _export_arguments(export: argparse.ArgumentParser) -> None:
+    _add_run_argument(export)
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=export_command.FORMATS,
+        help="onnx: an ONNX graph (Gemm and activation operators, opset 17; needs the onnx "
+        "package); jax: a serialized jax.export program, with its metadata in FILE.json",
+    )
+    export.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace FILE (and FILE.json) if it exists"
+    )
+    _add_compilation_cache_option(export)
+    _add_output_options(export)
+
+
 def _summary_arguments(summary: argparse.ArgumentParser) -> None:
     summary.add_argument(
         "run",
@@ -291,6 +309,16 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
         "on light or light on dark). Each is converted to a centred 28x28 grayscale digit like "
         "MNIST's, normalized as in training, and classified.",
         _predict_arguments,
+    ),
+    "export": (
+        "write a trained run's model as an ONNX or jax.export file",
+        "Write the latest checkpoint of a run (the one evaluate scores) as a file that runs "
+        "without jaxmlp: an ONNX model (onnxruntime, ...) or a serialized jax.export program "
+        "(jax.export.deserialize(FILE bytes).call(images)). Its input is images float32 (batch, "
+        "784), normalized as in training; its output the class scores (batch, 10): the logits, "
+        "before softmax. The normalization, classes, layer sizes, activation, epoch and jaxmlp "
+        "version are in the model's metadata (ONNX metadata_props; FILE.json for jax).",
+        _export_arguments,
     ),
     "summary": (
         "layers, output shapes and parameter counts",
