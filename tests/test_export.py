@@ -24,8 +24,9 @@ import pytest
 from cli_support import assert_one_line_error, require_mnist, restore_final, run, small_run
 
 import jaxmlp
-from jaxmlp import cli, export
+from jaxmlp import cli, data, export
 from jaxmlp.cli import config as cfglib
+from jaxmlp.cli import export as export_command
 from jaxmlp.cli import runs
 
 TOLERANCE = 1e-5  # max |difference| of the class scores (float32 logits of size ~1..10)
@@ -167,6 +168,17 @@ def test_to_onnx_without_onnx_says_how_to_install_it(monkeypatch):
     assert len(str(caught.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("dataset", list(data.DATASETS))
+@pytest.mark.parametrize("method", data.NORMALIZATIONS)
+def test_the_stated_formula_is_the_normalization(method, dataset):
+    pixels = np.arange(256, dtype=np.uint8)
+    formula = export_command.normalization_formula(data.normalization(method, dataset))
+    stated = eval(formula, {"x": pixels.astype(np.float64)})  # the formula, as a reader takes it
+    np.testing.assert_allclose(
+        stated, data.normalize_images(pixels, method, dataset), rtol=1e-6, atol=1e-6
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The command, on one small trained run
 
@@ -267,6 +279,16 @@ def test_the_metadata_says_how_to_feed_the_model_and_what_it_gives(trained, expo
     for event in exported.values():
         assert event["epoch"] == 2 and event["run_dir"] == str(trained)
         assert event["bytes"] == Path(event["output"]).stat().st_size
+
+
+def test_help_lists_every_option_and_the_defaults(capsys):
+    code, out, _ = run(capsys, "export", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for option in ("--format {onnx,jax}", "--output FILE", "--overwrite", "--runs-dir", "--json"):
+        assert option in flat
+    assert "(default: None)" not in flat  # --format and --output are required
+    assert "--runs-dir DIR where run names are looked up (default: runs)" in flat
 
 
 def test_export_prints_one_line_saying_what_it_wrote(trained, tmp_path, capsys):

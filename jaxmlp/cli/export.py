@@ -13,17 +13,14 @@ FORMATS = ("onnx", "jax")
 _FORMAT_NAMES = {"onnx": "ONNX", "jax": "jax.export"}
 
 
-def normalization_formula(method: str, dataset: str) -> str:
-    """What a normalization does to raw pixels ``x`` in 0..255, as a formula: ``x / 255``,
-    ``(x / 255 - 0.1307) / 0.3081``, ``x``."""
-    from jaxmlp import data
-
-    norm = data.normalization(method, dataset)
+def normalization_formula(norm) -> str:
+    """What a :class:`jaxmlp.data.Normalization` does to raw pixels ``x`` in 0..255, as a
+    formula: ``x / 255``, ``(x / 255 - 0.1307) / 0.3081``, ``x``."""
     if norm.method == "none":
         return "x"
     if norm.mean == 0 and norm.std == 1:
         return "x / 255"
-    return f"(x / 255 - {norm.mean:g}) / {norm.std:g}"
+    return f"(x / 255 - {norm.mean}) / {norm.std}"
 
 
 def run_metadata(run_dir: Path, config, epoch: int) -> dict[str, Any]:
@@ -35,7 +32,7 @@ def run_metadata(run_dir: Path, config, epoch: int) -> dict[str, Any]:
 
     norm = data.normalization(config.normalize, config.dataset)
     applies = "softmax" if config.output == "softmax" else "an elementwise sigmoid"
-    formula = normalization_formula(config.normalize, config.dataset)
+    formula = normalization_formula(norm)
     side = data.IMAGE_SIDE
     return {
         "jaxmlp.version": jaxmlp.__version__,

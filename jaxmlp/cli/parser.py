@@ -249,11 +249,18 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--format",
         required=True,
+        default=argparse.SUPPRESS,  # required: no default to show in the help
         choices=export_command.FORMATS,
         help="onnx: an ONNX graph (Gemm and activation operators, opset 17; needs the onnx "
         "package); jax: a serialized jax.export program, with its metadata in FILE.json",
     )
-    export.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+    export.add_argument(
+        "--output",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the file to write; its folder must exist",
+    )
     export.add_argument(
         "--overwrite", action="store_true", help="replace FILE (and FILE.json) if it exists"
     )
