@@ -14,6 +14,7 @@ Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``j
 ``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many
 models in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`,
 :mod:`jaxmlp.metrics`, :mod:`jaxmlp.privacy`, :mod:`jaxmlp.loggers` (TensorBoard events),
+:mod:`jaxmlp.export` (ONNX and ``jax.export``),
 :mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are attributes of the package, imported on first
 use so that ``import jaxmlp`` stays quick.
 """
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from jaxmlp import (
         checkpoints,
         data,
+        export,
         images,
         loggers,
         metrics,
@@ -68,6 +70,7 @@ __version__ = importlib.metadata.version("jaxmlp")
 _SUBMODULES = (
     "checkpoints",
     "data",
+    "export",
     "images",
     "loggers",
     "metrics",
@@ -102,6 +105,7 @@ __all__ = [
     "cross_entropy",
     "data",
     "evaluate",
+    "export",
     "fit",
     "forward",
     "grad_check",

@@ -1,9 +1,9 @@
 """The persistent compilation cache of the command: a second identical run loads its compiled
 programs from disk instead of compiling them again.
 
-``jaxmlp train``, ``evaluate`` and ``predict`` keep JAX's persistent compilation cache in the
-user cache directory (``$XDG_CACHE_HOME/jaxmlp/xla``, else ``~/.cache/jaxmlp/xla``). The
-environment variable ``JAXMLP_COMPILATION_CACHE`` moves it (a directory) or turns it off
+``jaxmlp train``, ``evaluate``, ``predict`` and ``export`` keep JAX's persistent compilation
+cache in the user cache directory (``$XDG_CACHE_HOME/jaxmlp/xla``, else ``~/.cache/jaxmlp/xla``).
+The environment variable ``JAXMLP_COMPILATION_CACHE`` moves it (a directory) or turns it off
 (``0``, ``off``, ``no`` or ``false``), as does the flag ``--no-compilation-cache``. A cache
 directory the user already gave JAX itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
 The library never turns the cache on: that is the caller's choice (see JAX's "Persistent
