@@ -199,6 +199,17 @@ def test_hand_backprop_training_matches_autodiff_training():
     chex.assert_trees_all_close(a.params, b.params, atol=1e-5)
 
 
+def test_predict_and_probabilities_of_one_example_are_those_of_a_batch_of_one():
+    params = jaxmlp.init_mlp(jax.random.key(0), (5, 4, 3))
+    x = jnp.linspace(0.0, 1.0, 5)
+    label = jaxmlp.predict(params, x)
+    chex.assert_shape(label, ())
+    assert label == jaxmlp.predict(params, x[None])[0] == jnp.argmax(jaxmlp.forward(params, x))
+    probabilities = jaxmlp.probabilities(params, x)
+    chex.assert_shape(probabilities, (3,))
+    np.testing.assert_allclose(probabilities, jaxmlp.probabilities(params, x[None])[0])
+
+
 def test_evaluate_counts_every_example():
     x, y = _blobs(1001, 4, 3)
     params = jaxmlp.init_mlp(jax.random.key(0), (4, 6, 3))

@@ -125,7 +125,10 @@ def evaluate(
 
 
 def logits_of(params: Params, x: Array, activation: str) -> Array:
-    """The logits in evaluation mode (no dropout) of a batch; no checks."""
+    """The logits in evaluation mode (no dropout) of a batch (n, classes), or of one example
+    (classes,); no checks."""
+    if x.ndim == 1:
+        return logits_of(params, x[None], activation)[0]
     no_masks = [None] * len(params)
     return forward_pass(params, x, no_masks, activation=activation)[1][-1]
 
