@@ -197,7 +197,13 @@ class OptimizerSettings:
         """The optax optimizer, its learning rate following the schedule over ``total_steps``
         optimizer steps (``epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)`` for a
         whole run)."""
-        learning_rate = schedule(
+        learning_rate = self.learning_rate_schedule(total_steps)
+        return optimizer(self.optimizer, learning_rate, **self.hyperparameters())
+
+    def learning_rate_schedule(self, total_steps: int) -> float | Schedule:
+        """The learning rate :meth:`build` gives the optimizer: :func:`schedule` over
+        ``total_steps`` steps (a plain number for ``constant``)."""
+        return schedule(
             self.schedule,
             self.learning_rate,
             total_steps,
@@ -205,4 +211,3 @@ class OptimizerSettings:
             final_lr_fraction=self.final_lr_fraction,
             decay_rate=self.decay_rate,
         )
-        return optimizer(self.optimizer, learning_rate, **self.hyperparameters())

@@ -170,6 +170,15 @@ def _dtype(config: RunConfig):
     return jnp.float32
 
 
+def steps_per_epoch(config: RunConfig, n_train: int | None = None) -> int:
+    """The run's optimizer steps per epoch: :func:`jaxmlp.steps_per_epoch` of its training set
+    (``n_train`` examples, by default :func:`train_size`), batch size and batch sampling."""
+    import jaxmlp
+
+    n_train = train_size(config) if n_train is None else n_train
+    return jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
+
+
 def build_state(config: RunConfig, n_train: int):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
@@ -180,12 +189,10 @@ def build_state(config: RunConfig, n_train: int):
 
     import jaxmlp
 
-    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
-    total_steps = config.epochs * steps
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,
-        config.optimization.build(total_steps),
+        config.optimization.build(config.epochs * steps_per_epoch(config, n_train)),
         init=config.init,
         init_scale=config.init_scale,
         dtype=_dtype(config),

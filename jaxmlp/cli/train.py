@@ -94,15 +94,13 @@ def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
 def calibrated(config: RunConfig) -> RunConfig:
     """The config with the noise multiplier whose whole run spends ``dp_target_epsilon`` at
     ``dp_delta`` (sampling rate batch_size / n, all epochs' steps)."""
-    import jaxmlp
     from jaxmlp import privacy
 
     n_train = runs.train_size(config)
-    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
     sigma = privacy.noise_multiplier_for_epsilon(
         target_epsilon=config.dp_target_epsilon,
         sampling_rate=config.batch_size / n_train,
-        steps=config.epochs * steps,
+        steps=config.epochs * runs.steps_per_epoch(config, n_train),
         delta=config.dp_delta,
         accountant=config.dp_accountant,
     )
@@ -311,27 +309,11 @@ def _learning_rate(config: RunConfig):
     """The learning-rate schedule (or number) of the run's optimizer, as
     :func:`jaxmlp.cli.runs.build_state` builds it: ``config.optimization.build`` over all the
     run's steps."""
-    import jaxmlp
-
-    settings = config.optimization
-    steps = jaxmlp.steps_per_epoch(
-        runs.train_size(config), config.batch_size, config.batch_sampling
-    )
-    return jaxmlp.schedule(
-        settings.schedule,
-        settings.learning_rate,
-        config.epochs * steps,
-        warmup_steps=settings.warmup_steps,
-        final_lr_fraction=settings.final_lr_fraction,
-        decay_rate=settings.decay_rate,
-    )
+    return config.optimization.learning_rate_schedule(config.epochs * runs.steps_per_epoch(config))
 
 
 def _report_divergence(error, config: RunConfig, out: Output) -> None:
-    import jaxmlp
-
-    n_train = runs.train_size(config)
-    steps = jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
+    steps = runs.steps_per_epoch(config)
     epoch, step = error.epoch, error.step
     kept = (
         f"the last good checkpoint (epoch {epoch - 1}) is intact"
