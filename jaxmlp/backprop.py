@@ -20,15 +20,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from jaxmlp.losses import (
-    DATA_LOSSES,
-    LossOptions,
-    batch_masks,
-    check_loss_arguments,
-    l2_penalty,
-    one_hot_targets,
-)
-from jaxmlp.model import ACTIVATIONS, Params, forward_pass
+from jaxmlp.losses import LossOptions, check_loss_arguments, one_hot_targets, scored_pass
+from jaxmlp.model import ACTIVATIONS, Params
 
 __all__ = [
     "backprop",
@@ -77,13 +70,11 @@ def batch_backprop(
 ) -> tuple[Array, Params, Array]:
     """``(loss, grads, logits)`` of a batch (batch, n_in) by the backward pass above: what
     :func:`backprop` computes once its arguments are checked; it checks nothing."""
-    masks = batch_masks(options, params, x, key)
-    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
+    loss, masks, layer_inputs, pre_activations = scored_pass(
+        options, params, x, labels, key=key, weights=weights
+    )
     logits = pre_activations[-1]
-    data_loss = DATA_LOSSES[options.output](logits, labels, weights=weights)
     l2 = options.l2
-    loss = data_loss + l2 * l2_penalty(params) if l2 else data_loss
-
     delta = output_delta(logits, labels, options.output)
     if weights is None:
         batch = jnp.asarray(x.shape[0], logits.dtype)

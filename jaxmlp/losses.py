@@ -8,6 +8,7 @@ scored exactly without a second compile.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -198,13 +199,40 @@ def batch_loss(
     """``(loss, logits)`` of a batch (batch, n_in): what :func:`loss_and_logits` computes once
     its arguments are checked; it checks nothing. The dropout masks are
     :func:`batch_masks`' for ``key``."""
+    scored = scored_pass(options, params, x, labels, key=key, weights=weights)
+    return scored.loss, scored.pre_activations[-1]
+
+
+class ScoredPass(NamedTuple):
+    """A forward pass with its loss, and what a backward pass needs from it."""
+
+    loss: Array
+    """The (weighted) mean data loss, plus ``l2 * l2_penalty`` when ``l2`` is set."""
+    masks: list[Array | None]
+    """The dropout masks, input first (:func:`batch_masks`)."""
+    layer_inputs: list[Array]
+    """Each layer's masked input a_{l-1}."""
+    pre_activations: list[Array]
+    """Each layer's z_l; the last is the logits."""
+
+
+def scored_pass(
+    options: LossOptions,
+    params: Params,
+    x: Array,
+    labels: Array,
+    *,
+    key: PRNGKeyArray | None = None,
+    weights: Array | None = None,
+) -> ScoredPass:
+    """The forward pass of a batch and its loss, written once for :func:`batch_loss` and
+    :func:`jaxmlp.backprop.batch_backprop`; no checks."""
     masks = batch_masks(options, params, x, key)
-    _, pre_activations = forward_pass(params, x, masks, activation=options.activation)
-    logits = pre_activations[-1]
-    value = DATA_LOSSES[options.output](logits, labels, weights=weights)
+    layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
+    value = DATA_LOSSES[options.output](pre_activations[-1], labels, weights=weights)
     if options.l2:
         value = value + options.l2 * l2_penalty(params)
-    return value, logits
+    return ScoredPass(value, masks, layer_inputs, pre_activations)
 
 
 def batch_masks(options: LossOptions, params: Params, x: Array, key) -> list[Array | None]:
