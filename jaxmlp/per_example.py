@@ -44,12 +44,12 @@ METHODS = ("autodiff", "backprop")
 
 
 def _checked(params, x, labels, key, method, **loss_options):
-    """The boundary of the public functions below: ``(options, x, labels)`` with ``x`` a batch
-    (one example becomes a batch of one)."""
+    """The boundary of the public functions below: ``(options, x, labels, masks)`` with ``x`` a
+    batch (one example becomes a batch of one) and the dropout masks ``key`` draws for it."""
     options = LossOptions(**loss_options)
     _validation.check_choice("method", method, METHODS)
     x, labels, _, _ = check_loss_arguments(params, x, labels, key, None)
-    return options, x, labels
+    return options, x, labels, batch_masks(options, params, x, key)
 
 
 def _layer_terms(options: LossOptions, params, x, labels, masks):
@@ -99,7 +99,7 @@ def per_example_grads(
     :func:`jaxmlp.loss`; with ``key`` the dropout masks are those ``loss`` draws with that key.
     Works inside the caller's ``jit`` and ``vmap``.
     """
-    options, x, labels = _checked(
+    options, x, labels, masks = _checked(
         params,
         x,
         labels,
@@ -110,7 +110,6 @@ def per_example_grads(
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
     )
-    masks = batch_masks(options, params, x, key)
     if method == "autodiff":
         return _autodiff_grads(options, params, x, labels, masks)[0]
     layer_inputs, deltas, _ = _layer_terms(options, params, x, labels, masks)
@@ -152,7 +151,7 @@ def per_example_grad_norms(
     layer inputs and deltas alone: no per-example gradient is materialised. With
     ``method="autodiff"`` it is the norm of :func:`per_example_grads`.
     """
-    options, x, labels = _checked(
+    options, x, labels, masks = _checked(
         params,
         x,
         labels,
@@ -163,7 +162,6 @@ def per_example_grad_norms(
         dropout_rate=dropout_rate,
         input_dropout_rate=input_dropout_rate,
     )
-    masks = batch_masks(options, params, x, key)
     if method == "autodiff":
         return _norms_of(_autodiff_grads(options, params, x, labels, masks)[0])
     layer_inputs, deltas, _ = _layer_terms(options, params, x, labels, masks)
