@@ -127,9 +127,10 @@ def _environment(tree: Path) -> dict[str, str]:
     return env
 
 
-def _run_epochs(tree: Path, hidden, epochs: int, batch: int) -> dict:
+def _child(tree: Path, what: str, argv: list[str]) -> str:
+    """Run ``python argv`` with ``tree`` on PYTHONPATH; its stdout, or exit naming ``what``."""
     process = subprocess.run(
-        [sys.executable, "-c", EPOCH_CHILD, json.dumps([hidden, epochs, batch])],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         env=_environment(tree),
@@ -137,8 +138,17 @@ def _run_epochs(tree: Path, hidden, epochs: int, batch: int) -> dict:
         check=False,
     )
     if process.returncode:
-        raise SystemExit(f"{tree}: the epoch child failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{tree}: {what} failed:\n{process.stderr[-3000:]}")
+    return process.stdout
+
+
+def _last_json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _run_epochs(tree: Path, hidden, epochs: int, batch: int) -> dict:
+    argv = ["-c", EPOCH_CHILD, json.dumps([hidden, epochs, batch])]
+    return _last_json_line(_child(tree, "the epoch child", argv))
 
 
 def compare_epochs(a: Path, b: Path, rounds: int, epochs: int, hidden, batch: int) -> None:
@@ -172,28 +182,8 @@ def compare_epochs(a: Path, b: Path, rounds: int, epochs: int, hidden, batch: in
 
 
 def _train(tree: Path, runs_dir: Path, name: str, extra: list[str]) -> list[dict]:
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxmlp",
-            "train",
-            "--runs-dir",
-            str(runs_dir),
-            "--name",
-            name,
-            "--no-plots",
-            "--json",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        env=_environment(tree),
-        cwd=tempfile.gettempdir(),
-        check=False,
-    )
-    if process.returncode:
-        raise SystemExit(f"{tree}: jaxmlp train failed:\n{process.stderr[-3000:]}")
+    argv = ["-m", "jaxmlp", "train", "--runs-dir", str(runs_dir), "--name", name]
+    _child(tree, "jaxmlp train", [*argv, "--no-plots", "--json", *extra])
     return json.loads((runs_dir / name / "history.json").read_text())
 
 
@@ -224,17 +214,7 @@ def compare_training(a: Path, b: Path, extra: list[str]) -> None:
 def compare_numbers(a: Path, b: Path) -> None:
     results = {}
     for name, tree in (("A", a), ("B", b)):
-        process = subprocess.run(
-            [sys.executable, "-c", NUMBERS_CHILD],
-            capture_output=True,
-            text=True,
-            env=_environment(tree),
-            cwd=tempfile.gettempdir(),
-            check=False,
-        )
-        if process.returncode:
-            raise SystemExit(f"{tree}: the numbers child failed:\n{process.stderr[-3000:]}")
-        results[name] = json.loads(process.stdout.strip().splitlines()[-1])
+        results[name] = _last_json_line(_child(tree, "the numbers child", ["-c", NUMBERS_CHILD]))
     same = 0
     for key in results["A"]:
         va, vb = results["A"][key], results["B"].get(key)
