@@ -158,7 +158,10 @@ def optimizer_step(
         )
         loss = loss + options.vat_weight * vat
         grads = jax.tree.map(lambda g, v: g + options.vat_weight * v, grads, vat_grads)
-    updates, opt_state = state.optimizer.update(grads, state.opt_state, state.params)
+    # The step's loss goes to the optimizer as ``value`` (what optax.contrib.reduce_on_plateau
+    # reads); transformations without extra arguments ignore it.
+    optimizer = optax.with_extra_args_support(state.optimizer)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
     if options.max_norm is not None:
         params = clip_max_norm(params, options.max_norm)
