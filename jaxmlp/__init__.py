@@ -38,9 +38,11 @@ from jaxmlp.numerical import grad_check, numerical_grad
 from jaxmlp.optimizers import OPTIMIZERS, OptimizerSettings, optimizer, schedule
 from jaxmlp.per_example import per_example_grad_norms, per_example_grads
 from jaxmlp.training import (
+    MONITORS,
     DivergenceError,
     ModelOptions,
     TrainState,
+    best_epoch,
     create_train_state,
     evaluate,
     fit,
@@ -94,12 +96,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ACTIVATIONS",
+    "MONITORS",
     "OPTIMIZERS",
     "OptimizerSettings",
     "DivergenceError",
     "ModelOptions",
     "TrainState",
     "backprop",
+    "best_epoch",
     "checkpoints",
     "create_train_state",
     "cross_entropy",

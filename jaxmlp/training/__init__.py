@@ -16,7 +16,9 @@ from jaxmlp.training._epoch import train_epoch as train_epoch
 from jaxmlp.training._evaluate import evaluate as evaluate
 from jaxmlp.training._evaluate import predict as predict
 from jaxmlp.training._evaluate import probabilities as probabilities
+from jaxmlp.training._fit import MONITORS as MONITORS
 from jaxmlp.training._fit import DivergenceError as DivergenceError
+from jaxmlp.training._fit import best_epoch as best_epoch
 from jaxmlp.training._fit import fit as fit
 from jaxmlp.training._options import BATCH_SAMPLINGS as BATCH_SAMPLINGS
 from jaxmlp.training._options import GRADIENTS as GRADIENTS

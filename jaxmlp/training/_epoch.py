@@ -103,9 +103,24 @@ def poisson_batches(key, n_examples: int, batch_size: int, dtype, devices: int) 
     return Batches(steps, draw, batch_size)
 
 
-def run_epoch(state: TrainState, images, labels, batch_size: int, progress, progress_every, mesh):
+def run_epoch(
+    state: TrainState,
+    images,
+    labels,
+    batch_size: int,
+    progress,
+    progress_every,
+    mesh,
+    on_step=None,
+    log_every_steps: int = 50,
+):
     """One epoch's ``lax.scan`` over its batches; the body is the same for every way of
-    drawing them (:class:`Batches`). No argument checks (see :func:`train_epoch`)."""
+    drawing them (:class:`Batches`). No argument checks (see :func:`train_epoch`).
+
+    ``on_step(step, loss, accuracy)`` is called from inside the program after every optimizer
+    step whose global number (``state.step`` after it, counted over all epochs) is a multiple
+    of ``log_every_steps``, with the batch's loss and accuracy; like ``progress`` it only reads
+    values the step computes anyway, so it changes no number."""
     n_examples = images.shape[0]
     epoch_key, draw_key, next_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
     poisson = state.options.batch_sampling == "poisson"
@@ -135,6 +150,14 @@ def run_epoch(state: TrainState, images, labels, batch_size: int, progress, prog
                 lambda: None,
             )
         count = jnp.asarray(batch_size, images.dtype) if weights is None else jnp.sum(weights)
+        if on_step is not None:
+            jax.lax.cond(
+                state.step % log_every_steps == 0,
+                lambda: jax.debug.callback(
+                    on_step, state.step, loss, correct / jnp.maximum(count, 1)
+                ),
+                lambda: None,
+            )
         sums = (loss * count, correct, count)
         if drawn is not None:  # examples drawn beyond the batch's capacity
             sums = (*sums, drawn - count.astype(drawn.dtype))
@@ -158,9 +181,18 @@ def run_epoch(state: TrainState, images, labels, batch_size: int, progress, prog
 
 
 epoch_program = jax.jit(
-    run_epoch, static_argnames=("batch_size", "progress", "progress_every", "mesh")
+    run_epoch,
+    static_argnames=(
+        "batch_size",
+        "progress",
+        "progress_every",
+        "mesh",
+        "on_step",
+        "log_every_steps",
+    ),
 )
-"""The compiled epoch (``state, images, labels, batch_size, progress, progress_every, mesh``),
+"""The compiled epoch (``state, images, labels, batch_size, progress, progress_every, mesh,
+on_step, log_every_steps``),
 without the boundary checks of :func:`train_epoch`; :func:`jaxmlp.fit` compiles it ahead of
 time. Its input state is not donated: the caller's state stays valid."""
 

@@ -114,6 +114,81 @@ def _check_history(history) -> list[Record]:
     return [dict(r) for r in history]
 
 
+MONITORS = ("validation_accuracy", "validation_loss")
+"""What the best epoch is chosen by: the highest validation accuracy, or the lowest validation
+loss."""
+
+
+def check_monitor(monitor, min_delta) -> tuple[str, float]:
+    """``(monitor, min_delta)``, checked: a name of :data:`MONITORS` and a finite number >= 0."""
+    _validation.check_choice("monitor", monitor, MONITORS)
+    _validation.check_non_negative("min_delta", min_delta)
+    return monitor, float(min_delta)
+
+
+def best_epoch(
+    history: Sequence[Record], *, monitor: str = "validation_accuracy", min_delta: float = 0.0
+) -> int | None:
+    """The epoch of ``history`` (records as :func:`fit` returns them) whose ``monitor`` value is
+    the best, or None when no record has that value (no validation data).
+
+    The first record with a value is the best to start with; a later epoch replaces it when it
+    improves on it by more than ``min_delta``: accuracy ``a > best + min_delta``, loss
+    ``l < best - min_delta`` (the rule of Keras' and Lightning's ``EarlyStopping``). A tie, or a
+    gain of at most ``min_delta``, keeps the earlier epoch; a NaN never improves.
+
+    Args:
+      history: per-epoch records, each a dict with an int ``epoch``.
+      monitor: ``"validation_accuracy"`` (higher is better) or ``"validation_loss"`` (lower).
+      min_delta: the smallest change that counts as an improvement, in the monitor's units
+        (a fraction for the accuracy: 0.001 is 0.1 percentage points).
+
+    Returns:
+      The best epoch's number, or None.
+    """
+    monitor, min_delta = check_monitor(monitor, min_delta)
+    sign = 1.0 if monitor == "validation_accuracy" else -1.0
+    best, best_value = None, None
+    for record in _check_history(history):
+        if monitor not in record:
+            continue
+        value = sign * float(record[monitor])
+        if best is None or value - min_delta > best_value:
+            best, best_value = record["epoch"], value
+    return best
+
+
+def epochs_since_best(history: Sequence[Record], best: int | None) -> int:
+    """The number of records after the best epoch ``best`` (all of them when it is None): the
+    epochs that did not improve on it, which early stopping's patience counts."""
+    return sum(1 for record in history if best is None or record["epoch"] > best)
+
+
+def _check_stopping(
+    monitor, early_stopping_patience, min_delta, restore_best, validation_data
+) -> tuple[str, float]:
+    """The early-stopping arguments of :func:`fit`, checked before anything compiles."""
+    monitor, min_delta = check_monitor(monitor, min_delta)
+    if early_stopping_patience is not None:
+        _validation.check_positive_int("early_stopping_patience", early_stopping_patience)
+    if not isinstance(restore_best, bool):
+        raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
+    if validation_data is None:
+        uses = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("early_stopping_patience", early_stopping_patience),
+                ("restore_best", restore_best or None),
+            )
+            if value is not None
+        ]
+        if uses:
+            raise ValueError(
+                f"{' and '.join(uses)} watch {monitor}, which needs validation_data=(x, y)"
+            )
+    return monitor, min_delta
+
+
 def fit(
     key=None,
     layer_sizes: Sequence[int] | None = None,
@@ -132,6 +207,12 @@ def fit(
     history: Sequence[Record] | None = None,
     on_epoch_end: Callable[[TrainState, Record], bool | None] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    on_step: Callable[[int, Record], None] | None = None,
+    log_every_steps: int = 50,
+    early_stopping_patience: int | None = None,
+    monitor: str = "validation_accuracy",
+    min_delta: float = 0.0,
+    restore_best: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     options: ModelOptions | None = None,
     dp_delta: float = 1e-5,
@@ -161,6 +242,25 @@ def fit(
         logging); returning ``True`` stops training after that epoch.
       progress: called as ``progress(epoch, done_steps, total_steps)`` from inside the
         compiled epoch, about 50 times per epoch (progress bars).
+      on_step, log_every_steps: ``on_step(step, record)`` is called from inside the compiled
+        epoch after every optimizer step whose global number ``step`` (1-based, counted over
+        all epochs and calls, as ``state.step``) is a multiple of ``log_every_steps``, with
+        ``record = {"epoch", "step_loss", "step_accuracy"}``: that batch's mean training loss
+        and its accuracy (with dropout, before the update), e.g.
+        ``on_step=logger.on_step`` of a :class:`jaxmlp.loggers.TensorBoardLogger`. It reads
+        values the step computes anyway: no number changes, and the epoch compiles once.
+      early_stopping_patience: stop after this many epochs in a row without an improvement of
+        ``monitor`` on the best epoch so far (see :func:`best_epoch`); None trains all
+        ``epochs``. The count continues from ``history``: a history that already ends
+        ``early_stopping_patience`` epochs after its best trains nothing more. Needs
+        ``validation_data``.
+      monitor, min_delta: what the best epoch is chosen by, ``"validation_accuracy"`` (highest)
+        or ``"validation_loss"`` (lowest), and the smallest change that counts as an
+        improvement (see :func:`best_epoch`).
+      restore_best: return the state after this call's best epoch instead of the last one
+        (Keras' ``restore_best_weights``); it is kept in memory, one extra copy of the state.
+        Only the epochs trained in this call are candidates (the states of ``history``'s epochs
+        are not at hand). Needs ``validation_data``.
       mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
         the state and the data are replicated on its devices and each batch is split across
         them; ``batch_size`` must be a multiple of the device count.
@@ -174,12 +274,14 @@ def fit(
         continued state keeps counting. The sampling rate is batch_size / n.
 
     Returns:
-      The final state and one record per epoch: ``epoch``, ``loss`` (mean training loss),
-      ``train_accuracy``, ``seconds`` (wall time of the epoch's training program; the first
-      epoch of a call includes the compile, also given as ``compile_seconds``), and
-      ``validation_loss`` / ``validation_accuracy`` with validation data, and ``epsilon`` for
-      DP-SGD. (The training loss and accuracy are computed on the private data and are not
-      themselves private.)
+      The final state (with ``restore_best``: the best epoch's) and one record per epoch:
+      ``epoch``, ``loss`` (mean training loss), ``train_accuracy``, ``seconds`` (wall time of
+      the epoch's training program; the first epoch of a call includes the compile, also given
+      as ``compile_seconds``), and ``validation_loss`` / ``validation_accuracy`` with
+      validation data, and ``epsilon`` for DP-SGD. (The training loss and accuracy are
+      computed on the private data and are not themselves private.) Fewer than ``epochs``
+      records are added when early stopping, or ``on_epoch_end``, stopped training;
+      ``best_epoch(history, monitor=...)`` says which epoch was the best.
 
     Raises:
       DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
@@ -206,6 +308,21 @@ def fit(
         validation_data = _validation.check_dataset(
             state.params, *validation_data, "validation images", "validation labels"
         )
+    monitor, min_delta = _check_stopping(
+        monitor, early_stopping_patience, min_delta, restore_best, validation_data
+    )
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be a function on_step(step, record), got {on_step!r}")
+    log_every_steps = _validation.check_positive_int("log_every_steps", log_every_steps)
+
+    def patience_spent() -> bool:
+        if early_stopping_patience is None:
+            return False
+        best = best_epoch(history, monitor=monitor, min_delta=min_delta)
+        return epochs_since_best(history, best) >= early_stopping_patience
+
+    if history and patience_spent():
+        return state, history
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
@@ -218,12 +335,32 @@ def fit(
         def hook(done, total):
             progress(current["epoch"], int(done), int(total))
 
+    step_hook = None
+    if on_step is not None:
+
+        def step_hook(step, loss, accuracy):
+            record = {
+                "epoch": current["epoch"],
+                "step_loss": float(loss),
+                "step_accuracy": float(accuracy),
+            }
+            on_step(int(step), record)
+
     steps = steps_per_epoch(x_train.shape[0], batch_size, state.options.batch_sampling)
     start = time.perf_counter()
     compiled = epoch_program.lower(
-        state, x_train, y_train, batch_size, hook, max(1, steps // 50), mesh
+        state,
+        x_train,
+        y_train,
+        batch_size,
+        hook,
+        max(1, steps // 50),
+        mesh,
+        step_hook,
+        log_every_steps,
     ).compile()
     compile_seconds = time.perf_counter() - start
+    best_state, earlier = state, len(history)
     for epoch in range(first_epoch, first_epoch + epochs):
         current["epoch"] = epoch
         start = time.perf_counter()
@@ -244,9 +381,15 @@ def fit(
             record["epsilon"] = epsilon(int(state.step), batch_size / x_train.shape[0])
         record.update(_scores(state, x_train, y_train, evaluate_train, validation_data))
         history.append(record)
+        if restore_best and epoch == best_epoch(
+            history[earlier:], monitor=monitor, min_delta=min_delta
+        ):
+            best_state = state
         if on_epoch_end is not None and on_epoch_end(state, record) is True:
             break
-    return state, history
+        if patience_spent():
+            break
+    return (best_state if restore_best else state), history
 
 
 def _raise_if_diverged(metrics, epoch: int, before: TrainState, history: list[Record]) -> None:
