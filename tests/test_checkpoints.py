@@ -77,6 +77,18 @@ def test_only_the_newest_steps_are_kept_and_leftovers_of_killed_saves_are_remove
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "4"]
 
 
+def test_also_keep_holds_an_epoch_out_of_the_rotation_until_it_is_dropped(tmp_path):
+    state = make_state()
+    for epoch in (1, 2, 3, 4):
+        checkpoints.save(tmp_path, epoch, state, keep=2, also_keep={2})
+    assert checkpoints.list_steps(tmp_path) == [2, 3, 4]
+    # The best epoch moves on: the one held before rotates out at the next save.
+    checkpoints.save(tmp_path, 5, state, keep=2, also_keep=[4])
+    assert checkpoints.list_steps(tmp_path) == [4, 5]
+    with pytest.raises(TypeError, match="also_keep"):
+        checkpoints.save(tmp_path, 6, state, also_keep=4)
+
+
 def test_saving_an_epoch_again_replaces_it(tmp_path):
     checkpoints.save(tmp_path, 1, make_state(seed=1))
     newer = make_state(seed=2)

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +116,11 @@ def save(
     *,
     meta: dict[str, Any] | None = None,
     keep: int = 3,
+    also_keep: Collection[int] = (),
 ) -> Path:
     """Saves ``state`` as epoch ``epoch`` in ``<directory>/<epoch>`` and deletes all but the
-    ``keep`` newest epochs (``keep=0`` keeps them all). Saving an epoch again replaces it.
+    ``keep`` newest epochs (``keep=0`` keeps them all) and those of ``also_keep`` (e.g. the
+    best epoch so far, which is then never rotated out). Saving an epoch again replaces it.
 
     ``meta``: JSON values stored beside the arrays (in ``meta.json``) and returned as
     ``Restored.meta``, e.g. the history so far; its keys may not be the format's own
@@ -135,6 +137,9 @@ def save(
     epoch = check_count("epoch", epoch)
     check_state(state, "state", params_hint=_PARAMS_HINT)
     keep = check_count("keep", keep)
+    if isinstance(also_keep, (str, bytes)) or not isinstance(also_keep, Collection):
+        raise TypeError(f"also_keep must be a collection of epochs, got {also_keep!r}")
+    also_keep = {check_count("also_keep[]", e) for e in also_keep}
     extra = check_meta(meta, _CHECKPOINT_KEYS)
     host = jax.device_get(state_arrays(state))
     named = [(name, np.asarray(leaf)) for name, leaf in named_leaves(host)]
@@ -164,7 +169,8 @@ def save(
         os.rename(tmp, final)
         fsync_directory(directory)
         for old in list_steps(directory)[:-keep] if keep else []:
-            _remove_step(directory, old)
+            if old not in also_keep:
+                _remove_step(directory, old)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
