@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +34,14 @@ out. The learning rate has the tag ``learning_rate``."""
 
 LEARNING_RATE_TAG = "learning_rate"
 
+STEP_TAGS = {"step_loss": "train/step_loss", "step_accuracy": "train/step_accuracy"}
+"""Step record key (of :func:`jaxmlp.fit`'s ``on_step``) -> scalar tag, at the global step."""
+
+STEPS_FOLDER = "steps"
+"""The sub-folder of ``logdir`` that holds the step scalars: a run of its own in TensorBoard
+(``NAME/steps``). One folder is one run, and a resumed writer hides the run's events at and
+after its first step (``purge_step``), so step numbers and epoch numbers cannot share one."""
+
 FLUSH_SECONDS = 1
 """tensorboardX writes events from a thread of its own, and its ``flush()`` writes out only what
 that thread has taken from its queue, so the thread itself flushes about once a second: an
@@ -51,6 +60,10 @@ class TensorBoardLogger:
 
         with jaxmlp.loggers.TensorBoardLogger("runs/wide", hparams={"hidden": "[1024]"}) as log:
             state, history = jaxmlp.fit(..., on_epoch_end=log)
+
+    Step scalars: ``fit(..., on_step=log.on_step, log_every_steps=50)`` also writes
+    ``train/step_loss`` and ``train/step_accuracy`` (:data:`STEP_TAGS`) every 50 optimizer
+    steps, at the global step number, into ``logdir/steps`` (:data:`STEPS_FOLDER`).
 
     Each record becomes the scalars of :data:`TAGS` (``train/loss``, ``train/accuracy``,
     ``validation/loss``, ``validation/accuracy``, ``privacy/epsilon``, ``seconds``; those the
@@ -98,6 +111,8 @@ class TensorBoardLogger:
         self.hparams = _plain_hparams(hparams)
         self.learning_rate = learning_rate
         self._writer = None
+        self._step_writer = None
+        self._lock = threading.Lock()
 
     def __call__(self, state: TrainState, record: Mapping[str, Any]) -> None:
         if not isinstance(state, TrainState):
@@ -117,18 +132,25 @@ class TensorBoardLogger:
             writer.add_scalar(LEARNING_RATE_TAG, learning_rate, epoch)
         self.flush()
 
-    def _open(self, first_epoch: int):
-        from tensorboardX import SummaryWriter, summary
+    def on_step(self, step: int, record: Mapping[str, Any]) -> None:
+        """``fit``'s ``on_step``: the step record's scalars (:data:`STEP_TAGS`, those it has)
+        at global step ``step``, in ``logdir/steps``. Called from the runtime's callback thread;
+        a writer of a continued run hides that folder's events at and after its first step."""
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int (the global optimizer step), got {step!r}")
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record must be a step record of fit (a dict), got {record!r}")
+        with self._lock:
+            if self._step_writer is None:
+                self._step_writer = _summary_writer(self.logdir / STEPS_FOLDER, int(step))
+            for key, tag in STEP_TAGS.items():
+                if key in record:
+                    self._step_writer.add_scalar(tag, float(record[key]), int(step))
 
-        self._writer = SummaryWriter(
-            str(self.logdir),
-            purge_step=first_epoch,
-            flush_secs=FLUSH_SECONDS,
-            # tensorboardX names a file by the second and the host alone, and a second writer
-            # of the same second would truncate the first one's file; nanoseconds keep the
-            # files apart and in order (TensorBoard reads a folder's files by name).
-            filename_suffix=f".{time.time_ns()}.{os.getpid()}",
-        )
+    def _open(self, first_epoch: int):
+        from tensorboardX import summary
+
+        self._writer = _summary_writer(self.logdir, first_epoch)
         if self.hparams:
             _, session_start, _ = summary.hparams(self.hparams, {})
             self._writer.file_writer.add_summary(session_start)
@@ -143,12 +165,17 @@ class TensorBoardLogger:
 
     def flush(self) -> None:
         """Write out the events so far."""
-        if self._writer is not None:
-            self._writer.flush()
+        for writer in (self._writer, self._step_writer):
+            if writer is not None:
+                writer.flush()
 
     def close(self) -> None:
         """End the hparams session (with ``hparams``) and close the event file; closing twice,
         or a logger that wrote nothing, is fine."""
+        with self._lock:
+            if self._step_writer is not None:
+                self._step_writer.close()
+                self._step_writer = None
         if self._writer is None:
             return
         if self.hparams:
@@ -164,6 +191,20 @@ class TensorBoardLogger:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _summary_writer(logdir: Path, purge_step: int):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(
+        str(logdir),
+        purge_step=purge_step,
+        flush_secs=FLUSH_SECONDS,
+        # tensorboardX names a file by the second and the host alone, and a second writer
+        # of the same second would truncate the first one's file; nanoseconds keep the
+        # files apart and in order (TensorBoard reads a folder's files by name).
+        filename_suffix=f".{time.time_ns()}.{os.getpid()}",
+    )
 
 
 def _injected_learning_rate(opt_state) -> float | None:

@@ -15,7 +15,7 @@ from tensorboardX.proto import api_pb2, event_pb2, plugin_hparams_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 import jaxmlp
-from jaxmlp.loggers import TAGS, TensorBoardLogger
+from jaxmlp.loggers import STEP_TAGS, STEPS_FOLDER, TAGS, TensorBoardLogger
 
 N, BATCH, EPOCHS = 96, 32, 3
 STEPS = N // BATCH  # optimizer steps per epoch
@@ -234,3 +234,81 @@ def test_no_events_writes_none(needs_data, tmp_path, capsys):
     assert code == 0, err
     assert (run_dir / "history.json").is_file()
     assert not list(run_dir.rglob("events.out.tfevents.*"))
+
+
+# --------------------------------------------------------------------------------------------
+# Step scalars
+
+
+def test_step_scalars_are_the_steps_whose_mean_is_the_epoch(tmp_path):
+    """Every step logged (96 examples, batches of 32: no padding), so each epoch's three step
+    losses and accuracies average to its record."""
+    with TensorBoardLogger(tmp_path) as log:
+        _, history = _fit(log, on_step=log.on_step, log_every_steps=1)
+    steps = scalars(tmp_path / STEPS_FOLDER)
+    assert set(steps) == set(STEP_TAGS.values())
+    assert [step for step, _ in steps["train/step_loss"]] == list(range(1, EPOCHS * STEPS + 1))
+    for record in history:
+        epoch = record["epoch"]
+        mine = [v for s, v in steps["train/step_loss"] if (s - 1) // STEPS == epoch - 1]
+        assert np.mean(mine) == pytest.approx(record["loss"], rel=1e-6)
+        hits = [v for s, v in steps["train/step_accuracy"] if (s - 1) // STEPS == epoch - 1]
+        assert np.mean(hits) == pytest.approx(record["train_accuracy"], rel=1e-6)
+    assert "train/step_loss" not in scalars(tmp_path)  # the epoch run has epoch scalars only
+
+
+def test_step_scalars_continue_at_the_global_step_and_a_resume_replaces_the_abandoned_ones(
+    tmp_path,
+):
+    saved = {}
+
+    def keep_epoch_2(state, record):
+        if record["epoch"] == 2:
+            saved["state"] = state
+
+    with TensorBoardLogger(tmp_path) as log:
+        _, history = _fit(
+            lambda s, r: (keep_epoch_2(s, r), log(s, r))[1], on_step=log.on_step, log_every_steps=2
+        )
+    assert [s for s, _ in scalars(tmp_path / STEPS_FOLDER)["train/step_loss"]] == [2, 4, 6, 8]
+    x, y = _blobs()
+    with TensorBoardLogger(tmp_path) as log:
+        jaxmlp.fit(
+            x_train=x,
+            y_train=y,
+            state=saved["state"],
+            history=history[:2],
+            epochs=2,
+            batch_size=BATCH,
+            on_epoch_end=log,
+            on_step=log.on_step,
+            log_every_steps=2,
+        )
+    assert len(list((tmp_path / STEPS_FOLDER).glob("events.out.tfevents.*"))) == 2
+    resumed = [s for s, _ in scalars(tmp_path / STEPS_FOLDER)["train/step_loss"]]
+    assert resumed == [2, 4, 6, 8, 10, 12]  # 8 once: the second file's hides the first's
+
+
+def test_step_logs_change_no_number(tmp_path):
+    seen = []
+    plain_state, plain = _fit(None)
+    state, logged = _fit(
+        None, on_step=lambda step, record: seen.append((step, record)), log_every_steps=4
+    )
+    drop = ("seconds", "compile_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in logged] == [
+        {k: v for k, v in r.items() if k not in drop} for r in plain
+    ]
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(state.params), jax.tree.leaves(plain_state.params), strict=True
+        )
+    )
+    # 3 steps an epoch: global steps 4 and 8 fall in epochs 2 and 3.
+    assert [(step, record["epoch"]) for step, record in seen] == [(4, 2), (8, 3)]
+    assert set(seen[0][1]) == {"epoch", "step_loss", "step_accuracy"}
+    with pytest.raises(ValueError, match="log_every_steps=0"):
+        _fit(None, on_step=print, log_every_steps=0)
+    with pytest.raises(TypeError, match="on_step must be a function"):
+        _fit(None, on_step="print")
