@@ -35,13 +35,17 @@ from jaxmlp.data import DATASETS, NORMALIZATIONS, NUM_CLASSES, NUM_PIXELS
 from jaxmlp.model import INITS
 from jaxmlp.optimizers import OptimizerSettings
 from jaxmlp.privacy import ACCOUNTANTS
-from jaxmlp.training import ModelOptions
+from jaxmlp.training import MONITORS, ModelOptions
 
 DTYPES = ("float32", "float64")
 
 # Fields that change where things are or how many are kept, never what is computed: a run may
 # be continued with different values of these.
-NON_RESULT_FIELDS = frozenset({"data_dir", "keep_checkpoints"})
+NON_RESULT_FIELDS = frozenset({"data_dir", "keep_checkpoints", "log_every_steps"})
+
+# Fields that decide how long a run trains and which of its epochs is the best, never what an
+# epoch computes: ``--resume`` may change them.
+RESUMABLE_FIELDS = frozenset({"epochs", "early_stopping_patience", "monitor", "min_delta"})
 
 
 class ConfigError(ValueError):
@@ -120,8 +124,40 @@ class RunConfig:
     dp_accountant: str = option(
         "rdp", "DP-SGD: privacy accountant (dp-accounting)", group="privacy", choices=ACCOUNTANTS
     )
+    # Early stopping and the best epoch
+    early_stopping_patience: int | None = option(
+        None,
+        "stop after N epochs in a row without an improvement of --monitor (none: train all "
+        "--epochs); needs validation data",
+        group="stop",
+        metavar="N",
+    )
+    monitor: str = option(
+        "validation_accuracy",
+        "what the best epoch is chosen by (evaluate, predict and export use it, and its "
+        "checkpoint is always kept): the highest validation accuracy or the lowest loss",
+        group="stop",
+        choices=MONITORS,
+    )
+    min_delta: float = option(
+        0.0,
+        "the smallest change of --monitor that counts as an improvement (accuracy as a "
+        "fraction: 0.001 is 0.1 points)",
+        group="stop",
+        metavar="DELTA",
+    )
     keep_checkpoints: int = option(
-        3, "number of most recent epoch checkpoints kept", group="run", metavar="N"
+        3,
+        "number of most recent epoch checkpoints kept (and the best epoch's)",
+        group="run",
+        metavar="N",
+    )
+    log_every_steps: int | None = option(
+        None,
+        "also write train/step_loss and train/step_accuracy TensorBoard scalars every N "
+        "optimizer steps, at the global step (into RUN/steps)",
+        group="run",
+        metavar="N",
     )
 
     def __post_init__(self):
@@ -252,8 +288,23 @@ def _check_own_values(config: RunConfig) -> None:
             relation = ">" if strict else ">="
             raise ConfigError(f"{name}={value!r} is invalid; expected {name} {relation} {low}")
 
-    for name in ("epochs", "batch_size", "keep_checkpoints", "train_limit", "test_limit"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "keep_checkpoints",
+        "train_limit",
+        "test_limit",
+        "early_stopping_patience",
+        "log_every_steps",
+    ):
         at_least(name, 1)
+    at_least("min_delta", 0)
+    if config.early_stopping_patience is not None and config.validation == 0:
+        raise ConfigError(
+            f"early_stopping_patience={config.early_stopping_patience} watches {config.monitor}, "
+            "but validation=0 holds out no validation data; hold some out (e.g. validation = "
+            "5000) or drop early_stopping_patience"
+        )
     for name in ("validation", "seed"):
         at_least(name, 0)
     at_least("init_scale", 0, strict=True)

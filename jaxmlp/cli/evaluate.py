@@ -69,19 +69,24 @@ def cmd_evaluate(args: argparse.Namespace, out: Output) -> int:
     from rich.table import Table
 
     changes = {"test_limit": args.test_limit} if args.test_limit is not None else None
-    run_dir, config, restored = runs.load_for_inference(
-        args.run, args.runs_dir, out, changes=changes
+    run_dir, config, chosen = runs.load_for_inference(
+        args.run, args.runs_dir, out, changes=changes, epoch=args.epoch
     )
     ds, _, _, test = runs.load_data(config)
     scores = score_test_set(
-        restored.state, test, ds.class_names, run_dir, plots=not args.no_plots, out=out
+        chosen.state, test, ds.class_names, run_dir, plots=not args.no_plots, out=out
     )
-    scores = {"run_dir": str(run_dir), "epoch": restored.epoch, **scores}
+    scores = {
+        "run_dir": str(run_dir),
+        "epoch": chosen.epoch,
+        "epoch_choice": chosen.choice,
+        **scores,
+    }
     with contextlib.suppress(CliError):  # a read-only run can still be evaluated
         runs.write_json(run_dir / runs.EVALUATION_FILE, scores)
     out.emit(scores)
     out.line(
-        f"{run_dir} (checkpoint of epoch {restored.epoch}), {ds.name} test set, "
+        f"{run_dir} (checkpoint of epoch {chosen.epoch}: {chosen.why}), {ds.name} test set, "
         f"{scores['count']:,} images"
     )
     table = Table(title="Per-class metrics", title_justify="left")

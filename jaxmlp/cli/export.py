@@ -79,9 +79,11 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     for path in (output, sidecar):
         if path is not None:
             _check_destination(path, args.overwrite)
-    run_dir, config, restored = runs.load_for_inference(args.run, args.runs_dir, out)
-    metadata = run_metadata(run_dir, config, restored.epoch)
-    params = restored.state.params
+    run_dir, config, chosen = runs.load_for_inference(
+        args.run, args.runs_dir, out, epoch=args.epoch
+    )
+    metadata = run_metadata(run_dir, config, chosen.epoch)
+    params = chosen.state.params
     try:
         if args.format == "onnx":
             model = export.to_onnx(params, activation=config.activation, metadata=metadata)
@@ -97,7 +99,8 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     sizes = "-".join(map(str, config.layer_sizes))
     document = {
         "run_dir": str(run_dir),
-        "epoch": restored.epoch,
+        "epoch": chosen.epoch,
+        "epoch_choice": chosen.choice,
         "format": args.format,
         "output": str(output),
         "metadata_file": str(sidecar) if sidecar else None,
@@ -108,7 +111,8 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     also = f" and its metadata {sidecar}" if sidecar else ""
     out.result(
         f"wrote {output}{also} ({_FORMAT_NAMES[args.format]}, {document['bytes']:,} bytes): "
-        f"{run_dir} at epoch {restored.epoch}, {sizes} {config.activation}; input images "
+        f"{run_dir} at epoch {chosen.epoch} ({chosen.why}), {sizes} {config.activation}; "
+        "input images "
         f"float32 (batch, {config.layer_sizes[0]}) normalized {config.normalize}: "
         f"{metadata['jaxmlp.normalize.formula']}; output scores (batch, "
         f"{config.layer_sizes[-1]}): the logits ({config.output})"

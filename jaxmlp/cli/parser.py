@@ -26,6 +26,7 @@ _GROUP_TITLES = {
     "reg": "regularisation",
     "opt": "optimisation",
     "privacy": "differential privacy (DP-SGD)",
+    "stop": "early stopping and the best epoch",
     "run": "checkpoints",
 }
 SUMMARY_FIELDS = (
@@ -141,12 +142,35 @@ def _add_output_options(parser, *, quiet: bool = True) -> None:
     )
 
 
+def epoch_choice(text: str) -> str | int:
+    """``--epoch``: ``best``, ``last`` or an epoch number >= 1."""
+    if text in ("best", "last"):
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; expected best, last or an epoch number >= 1"
+        )
+    return number
+
+
 def _add_run_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run", metavar="RUN", help="run name (looked up in --runs-dir) or run directory"
     )
     parser.add_argument(
         "--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where run names are looked up"
+    )
+    parser.add_argument(
+        "--epoch",
+        type=epoch_choice,
+        default="best",
+        metavar="best|last|N",
+        help="the checkpoint to use: the best epoch by the run's --monitor (the last one for a "
+        "run without validation data), the last, or epoch N",
     )
 
 
@@ -306,7 +330,7 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
     "evaluate": (
         "score a trained run on the test set",
         "Test loss and accuracy, per-class precision, recall and F1, and the "
-        "confusion matrix of a run's latest checkpoint; also writes "
+        "confusion matrix of a run's best epoch (--epoch for another); also writes "
         "evaluation.json, confusion.png and misclassified.png into the run.",
         _evaluate_arguments,
     ),
@@ -319,7 +343,8 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
     ),
     "export": (
         "write a trained run's model as an ONNX or jax.export file",
-        "Write the latest checkpoint of a run (the one evaluate scores) as a file that runs "
+        "Write a run's best epoch (the one evaluate scores; --epoch for another) as a file "
+        "that runs "
         "without jaxmlp: an ONNX model (onnxruntime, ...) or a serialized jax.export program "
         "(jax.export.deserialize(FILE bytes).call(images)). Its input is images float32 (batch, "
         "784), normalized as in training; its output the class scores (batch, 10): the logits, "

@@ -19,13 +19,16 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"--top {args.top} is invalid; expected K >= 1")
     # Read every image before loading the model, so a bad file fails fast.
     digits = [images.load_digit(path, invert=args.invert) for path in args.images]
-    run_dir, config, restored = runs.load_for_inference(args.run, args.runs_dir, out)
+    run_dir, config, chosen = runs.load_for_inference(
+        args.run, args.runs_dir, out, epoch=args.epoch
+    )
+    out.line(f"{run_dir}, checkpoint of epoch {chosen.epoch} ({chosen.why})")
     class_names = data.DATASETS[config.dataset].class_names
     dtype = np.float64 if config.dtype == "float64" else np.float32
     batch = data.normalize_images(
         np.stack(digits).reshape(len(digits), -1), config.normalize, config.dataset, dtype=dtype
     )
-    probabilities = jaxmlp.probabilities(restored.state, batch)
+    probabilities = jaxmlp.probabilities(chosen.state, batch)
     if args.save_input:
         from PIL import Image
 
@@ -48,7 +51,14 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
                 ],
             }
         )
-    out.emit({"run_dir": str(run_dir), "epoch": restored.epoch, "predictions": results})
+    out.emit(
+        {
+            "run_dir": str(run_dir),
+            "epoch": chosen.epoch,
+            "epoch_choice": chosen.choice,
+            "predictions": results,
+        }
+    )
     width = max(len(str(r["image"])) for r in results)
     kind = "score" if config.output == "sigmoid" else "probability"
     for r in results:

@@ -75,6 +75,17 @@ def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
     name = name or config.dataset
     if not isinstance(name, str) or not _NAME.match(name):
         raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
+    watching = [k for k in ("monitor", "min_delta") if k in requested]
+    if watching and config.validation == 0:
+        raise CliError(
+            f"--{watching[0].replace('_', '-')} chooses the best epoch by validation data, but "
+            "--validation 0 holds none out; hold some out (e.g. --validation 5000) or drop it"
+        )
+    if config.log_every_steps is not None and getattr(args, "no_events", False):
+        raise CliError(
+            "--log-every-steps writes TensorBoard step scalars, which --no-events turns off; "
+            "drop one of them"
+        )
     if config.dp_target_epsilon is not None and not args.resume:
         if "dp_noise_multiplier" in requested:
             raise CliError(
@@ -139,7 +150,9 @@ def _train(args: argparse.Namespace, run: TrainRun, out: Output) -> int:
     fresh = not run.run_dir.exists()
     state, history = _start_run_directory(run, state, out)
     _print_header(run, data, mesh, history, out)
-    if len(history) < config.epochs:
+    if history and _stopped_early(config, history):
+        out.line(_stop_line(config, history, "the run stopped"))
+    elif len(history) < config.epochs:
         try:
             state, history, code = _fit(
                 run, state, history, data, mesh, out, events=not args.no_events
@@ -211,10 +224,38 @@ def _print_header(run: TrainRun, data, mesh, history, out: Output) -> None:
             f"{config.dp_noise_multiplier:g}, {config.batch_sampling} batches; epsilon at delta "
             f"{config.dp_delta:g} by {config.dp_accountant}{calibration}"
         )
-    if len(history) < config.epochs:
+    if len(history) < config.epochs and not (history and _stopped_early(config, history)):
         out.line(epoch_header(config.model.is_private))
     for record in history:
         out.line(epoch_row(record))
+
+
+def _stopped_early(config: RunConfig, history) -> bool:
+    """Whether the run's early stopping ends it after the last record of ``history``, before
+    its last epoch."""
+    import jaxmlp
+
+    if config.early_stopping_patience is None or history[-1]["epoch"] >= config.epochs:
+        return False
+    return jaxmlp.should_stop(
+        history,
+        patience=config.early_stopping_patience,
+        monitor=config.monitor,
+        min_delta=config.min_delta,
+    )
+
+
+def _stop_line(config: RunConfig, history, what: str) -> str:
+    """``early stopping: ...`` the line under the table of a run that early stopping ended."""
+    best = runs.best_epoch(config, history)
+    record = next(r for r in history if r["epoch"] == best)
+    gain = f" by more than {config.min_delta:g}" if config.min_delta else ""
+    return (
+        f"early stopping: {what} after epoch {history[-1]['epoch']} of {config.epochs}, "
+        f"{config.monitor} not improved{gain} for {config.early_stopping_patience} epochs; "
+        f"best epoch {best} ({runs.describe_best(config, record)}); raise "
+        "--early-stopping-patience with --resume to train on"
+    )
 
 
 def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Output, events):
@@ -232,13 +273,16 @@ def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Out
         if bar is not None:
             bar.finish()
         # Checkpoint first, then history.json: after a crash between the two, resuming
-        # rebuilds history.json from the history stored inside the checkpoint.
+        # rebuilds history.json from the history stored inside the checkpoint. The best
+        # epoch's checkpoint stays out of the rotation.
+        best = runs.best_epoch(config, history)
         checkpoints.save(
             run_dir / runs.CHECKPOINT_DIR,
             record["epoch"],
             state,
             meta={"history": history, "config": config.to_dict()},
             keep=config.keep_checkpoints,
+            also_keep=() if best is None else (best,),
         )
         runs.write_json(run_dir / runs.HISTORY_FILE, history)
         if events is not None:
@@ -275,6 +319,11 @@ def _fit(run: TrainRun, state, history: list, data, mesh, out: Output, *, events
                 validation_data=validation,
                 on_epoch_end=_epoch_writer(run, history, bar, stop, out, logger),
                 progress=bar,
+                on_step=None if config.log_every_steps is None else logger.on_step,
+                log_every_steps=config.log_every_steps or 50,
+                early_stopping_patience=config.early_stopping_patience,
+                monitor=config.monitor,
+                min_delta=config.min_delta,
                 mesh=mesh,
                 dp_delta=config.dp_delta,
                 dp_accountant=config.dp_accountant,
@@ -290,6 +339,9 @@ def _fit(run: TrainRun, state, history: list, data, mesh, out: Output, *, events
             f"continue with `{PROG} train --name {run.name} --runs-dir {run.runs_dir} --resume`"
         )
         return state, history, EXIT_INTERRUPTED
+    if _stopped_early(config, history):
+        out.line(_stop_line(config, history, "stopped"))
+        out.emit({"event": "early_stopping", **_best_summary(config, history)})
     return state, history, EXIT_OK
 
 
@@ -329,31 +381,67 @@ def _report_divergence(error, config: RunConfig, out: Output) -> None:
     out.emit({"event": "diverged", "epoch": epoch, "step": step})
 
 
+def _best_summary(config: RunConfig, history) -> dict[str, Any]:
+    """What metrics.json says about the epochs: how many were trained, whether early stopping
+    ended the run, and the best epoch by the run's monitor (None without validation data)."""
+    best = runs.best_epoch(config, history)
+    summary = {
+        "epochs_trained": history[-1]["epoch"],
+        "stopped_early": _stopped_early(config, history),
+        "monitor": config.monitor if best is not None else None,
+        "best_epoch": best,
+    }
+    if best is not None:
+        summary[f"best_{config.monitor}"] = next(
+            r[config.monitor] for r in history if r["epoch"] == best
+        )
+    return summary
+
+
+def _best_state(run: TrainRun, state, history):
+    """``(state, epoch)`` to score: the best epoch's, restored from its checkpoint (which the
+    rotation kept), or the last one's without validation data."""
+    from jaxmlp import checkpoints
+
+    best, last = runs.best_epoch(run.config, history), history[-1]["epoch"]
+    if best is None or best == last:
+        return state, last
+    restored = checkpoints.restore(run.run_dir / runs.CHECKPOINT_DIR, state, epoch=best)
+    return restored.state, best
+
+
 def _finish(args, run: TrainRun, state, history, data, out: Output) -> int:
-    """The test scores, the plots, metrics.json and the final line of a finished run."""
+    """The test scores of the best epoch (as ``jaxmlp evaluate`` scores it), the plots,
+    metrics.json and the final line of a finished run."""
     config, run_dir = run.config, run.run_dir
     ds, _, _, test = data
+    state, scored = _best_state(run, state, history)
     scores = score_test_set(state, test, ds.class_names, run_dir, plots=not args.no_plots)
     if not args.no_plots:
         from jaxmlp import plots as plotlib
 
         plotlib.plot_history(history, run_dir / runs.PLOT_FILES["history"])
     train_seconds = sum(r["seconds"] for r in history)
+    best = _best_summary(config, history)
     summary = {
         "run_dir": str(run_dir),
         "epochs": config.epochs,
+        **best,
+        "test_epoch": scored,
         "test_loss": scores["test_loss"],
         "test_accuracy": scores["test_accuracy"],
         "test_correct": scores["correct"],
         "test_count": scores["count"],
         "train_seconds": train_seconds,
         "plots": [] if args.no_plots else [str(run_dir / f) for f in runs.PLOT_FILES.values()],
-        "checkpoint": str(run_dir / runs.CHECKPOINT_DIR / str(config.epochs)),
+        "checkpoint": str(run_dir / runs.CHECKPOINT_DIR / str(scored)),
     }
     runs.write_json(run_dir / runs.METRICS_FILE, summary)
+    trained = best["epochs_trained"]
+    of = f"the best epoch {scored} of {trained}" if best["best_epoch"] else f"epoch {scored}"
     out.result(
         f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
-        f"{scores['count']}), test loss {scores['test_loss']:.4f}; {config.epochs} epochs "
+        f"{scores['count']}), test loss {scores['test_loss']:.4f} at {of}; {trained} epochs "
         f"in {train_seconds:.1f} s; run directory {run_dir}"
     )
     if not args.no_plots:

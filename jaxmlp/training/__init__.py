@@ -20,6 +20,7 @@ from jaxmlp.training._fit import MONITORS as MONITORS
 from jaxmlp.training._fit import DivergenceError as DivergenceError
 from jaxmlp.training._fit import best_epoch as best_epoch
 from jaxmlp.training._fit import fit as fit
+from jaxmlp.training._fit import should_stop as should_stop
 from jaxmlp.training._options import BATCH_SAMPLINGS as BATCH_SAMPLINGS
 from jaxmlp.training._options import GRADIENTS as GRADIENTS
 from jaxmlp.training._options import ModelOptions as ModelOptions

@@ -158,10 +158,32 @@ def best_epoch(
     return best
 
 
-def epochs_since_best(history: Sequence[Record], best: int | None) -> int:
-    """The number of records after the best epoch ``best`` (all of them when it is None): the
-    epochs that did not improve on it, which early stopping's patience counts."""
-    return sum(1 for record in history if best is None or record["epoch"] > best)
+def should_stop(
+    history: Sequence[Record],
+    *,
+    patience: int,
+    monitor: str = "validation_accuracy",
+    min_delta: float = 0.0,
+) -> bool:
+    """Whether early stopping stops after the last record of ``history``: the epochs after
+    its :func:`best_epoch` (all of them when there is none) number at least ``patience``.
+
+    The rule of :func:`fit`'s ``early_stopping_patience``, of Keras' ``EarlyStopping`` and of
+    Lightning's: with patience 3 and the best epoch 12, training stops after epoch 15 unless
+    epoch 13, 14 or 15 improves on it.
+
+    Args:
+      history: per-epoch records, as :func:`fit` returns them.
+      patience: epochs in a row without an improvement that stop training, >= 1.
+      monitor, min_delta: as for :func:`best_epoch`.
+
+    Returns:
+      True when training should stop (never for an empty history).
+    """
+    patience = _validation.check_positive_int("patience", patience)
+    best = best_epoch(history, monitor=monitor, min_delta=min_delta)
+    since = sum(1 for record in history if best is None or record["epoch"] > best)
+    return bool(history) and since >= patience
 
 
 def _check_stopping(
@@ -316,12 +338,11 @@ def fit(
     log_every_steps = _validation.check_positive_int("log_every_steps", log_every_steps)
 
     def patience_spent() -> bool:
-        if early_stopping_patience is None:
-            return False
-        best = best_epoch(history, monitor=monitor, min_delta=min_delta)
-        return epochs_since_best(history, best) >= early_stopping_patience
+        return early_stopping_patience is not None and should_stop(
+            history, patience=early_stopping_patience, monitor=monitor, min_delta=min_delta
+        )
 
-    if history and patience_spent():
+    if patience_spent():
         return state, history
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
