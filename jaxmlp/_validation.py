@@ -24,6 +24,13 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def is_static_zero(value: Any) -> bool:
+    """True for a hyperparameter that is a plain number equal to 0, so that the term it scales
+    can be left out of the compiled program. An array (a traced value: one model's own in a
+    stack, see :attr:`jaxmlp.TrainState.hyperparams`) is never left out."""
+    return not isinstance(value, (jax.Array, np.ndarray)) and value == 0
+
+
 def check_choice(argument: str, value: Any, valid: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``valid``; otherwise raise naming the valid choices."""
     valid = tuple(valid)
@@ -58,7 +65,10 @@ def _number(value: Any) -> bool:
 
 
 def check_rate(argument: str, value: Any) -> float:
-    """A probability in [0, 1), such as a dropout rate."""
+    """A probability in [0, 1), such as a dropout rate. A traced value passes: it was checked
+    where it was made."""
+    if is_traced(value) or type(value).__name__ == "DropoutRate":  # jaxmlp.model.DropoutRate
+        return value
     if not _number(value):
         raise TypeError(f"{argument} must be a number in [0, 1), got {value!r}")
     if not (0.0 <= float(value) < 1.0):
@@ -67,7 +77,10 @@ def check_rate(argument: str, value: Any) -> float:
 
 
 def check_non_negative(argument: str, value: Any) -> float:
-    """A finite number >= 0, such as an L2 coefficient."""
+    """A finite number >= 0, such as an L2 coefficient. A traced value passes: it was checked
+    where it was made."""
+    if is_traced(value):
+        return value
     if not _number(value):
         raise TypeError(f"{argument} must be a finite number >= 0, got {value!r}")
     if not math.isfinite(float(value)) or float(value) < 0:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from jaxmlp import _validation
 from jaxmlp.losses import LossOptions, check_loss_arguments, one_hot_targets, scored_pass
 from jaxmlp.model import ACTIVATIONS, Params
 
@@ -86,7 +87,7 @@ def batch_backprop(
     grads: Params = []
     for layer, a, d in zip(params, layer_inputs, deltas, strict=True):
         dw = a.T @ d / batch
-        if l2:
+        if not _validation.is_static_zero(l2):
             dw = dw + l2 * layer["w"]
         grads.append({"w": dw, "b": jnp.sum(d, axis=0) / batch})
     return loss, grads, logits

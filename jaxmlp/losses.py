@@ -230,7 +230,7 @@ def scored_pass(
     masks = batch_masks(options, params, x, key)
     layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
     value = DATA_LOSSES[options.output](pre_activations[-1], labels, weights=weights)
-    if options.l2:
+    if not _validation.is_static_zero(options.l2):
         value = value + options.l2 * l2_penalty(params)
     return ScoredPass(value, masks, layer_inputs, pre_activations)
 

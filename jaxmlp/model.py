@@ -114,6 +114,25 @@ def parameter_count(params_or_sizes: Params | Sequence[int]) -> int:
     return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
 
 
+class DropoutRate(NamedTuple):
+    """A dropout rate held as arrays (a traced hyperparameter, one per stacked model): the
+    ``rate`` and its keep probability ``keep`` = 1 - rate, rounded once from double precision,
+    as the compiled constant of a plain-number rate is; so a traced rate draws exactly the masks
+    of the same number given statically."""
+
+    rate: Array
+    keep: Array
+
+    @classmethod
+    def of(cls, rate: float, dtype: Any = jnp.float32) -> DropoutRate:
+        return cls(jnp.asarray(rate, dtype), jnp.asarray(1.0 - float(rate), dtype))
+
+
+def keep_probability(rate: float | DropoutRate):
+    """1 - rate: a Python number for a number, the carried ``keep`` of a :class:`DropoutRate`."""
+    return rate.keep if isinstance(rate, DropoutRate) else 1.0 - rate
+
+
 def dropout_masks(
     key: PRNGKeyArray | None,
     shapes: Sequence[tuple[int, ...]],
@@ -130,11 +149,12 @@ def dropout_masks(
     keys = jax.random.split(key, len(shapes))
     masks: list[Array | None] = []
     for mask_key, shape, rate in zip(keys, shapes, rates, strict=True):
-        if rate == 0.0:
+        if _validation.is_static_zero(rate):
             masks.append(None)
             continue
-        keep = jax.random.bernoulli(mask_key, 1.0 - rate, shape)
-        masks.append(keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype))
+        p_keep = keep_probability(rate)
+        keep = jax.random.bernoulli(mask_key, p_keep, shape)
+        masks.append(keep.astype(dtype) / jnp.asarray(p_keep, dtype))
     return masks
 
 

@@ -262,7 +262,10 @@ class ModelOptions:
     @property
     def uses_dropout(self) -> bool:
         """Whether a training step drops units (hidden or input)."""
-        return bool(self.dropout_rate or self.input_dropout_rate)
+        return not (
+            _validation.is_static_zero(self.dropout_rate)
+            and _validation.is_static_zero(self.input_dropout_rate)
+        )
 
     @property
     def needs_key(self) -> bool:

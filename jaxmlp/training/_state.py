@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import optax
 from jaxtyping import Array, Int
 
 from jaxmlp import _validation
-from jaxmlp.model import INITS, Params, init_mlp, layer_sizes_of
+from jaxmlp.model import INITS, DropoutRate, Params, init_mlp, layer_sizes_of
 from jaxmlp.training._options import ModelOptions
 
 
@@ -24,6 +25,11 @@ class TrainState:
     tree of plain arrays. ``optimizer`` and ``options`` are static: they are part of the
     tree's structure, not its leaves, so ``jax.jit`` compiles once per configuration and
     :func:`jaxmlp.evaluate` of a state scores it the way it was trained.
+
+    ``hyperparams`` (empty by default) holds options as scalar arrays, leaves of the tree, that
+    the training step uses instead of the static ones (see :func:`step_options` and
+    :data:`TRACED_OPTIONS`): stacked models (:mod:`jaxmlp.multi`) can then each have their own
+    L2 coefficient or dropout rate in one compiled program.
     """
 
     params: Params
@@ -32,11 +38,68 @@ class TrainState:
     key: Array
     optimizer: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     options: ModelOptions = flax.struct.field(pytree_node=False)
+    hyperparams: dict[str, Array] = flax.struct.field(default_factory=dict)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
         """``(n_inputs, hidden..., n_outputs)`` of the model (per model for a stacked state)."""
         return layer_sizes_of(self.params)
+
+
+TRACED_OPTIONS = ("l2", "dropout_rate", "input_dropout_rate")
+"""The :class:`ModelOptions` a train state may hold as arrays in ``hyperparams``."""
+
+
+def step_options(state: TrainState) -> ModelOptions:
+    """The options a training step of ``state`` uses: its static options with the values of
+    ``state.hyperparams`` (arrays, traced inside the step) in place of theirs.
+
+    The static options decide which terms the step computes: a dropout mask is drawn only where
+    the static rate is nonzero, so a state whose traced ``dropout_rate`` may be nonzero carries a
+    nonzero static one (:func:`with_hyperparams` arranges it).
+    """
+    if not state.hyperparams:
+        return state.options
+    return dataclasses.replace(state.options, **state.hyperparams)
+
+
+def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
+    """``state`` with the options ``values`` (names from :data:`TRACED_OPTIONS`) held as traced
+    arrays in ``state.hyperparams``, so that stacked states may differ in them.
+
+    The step computes exactly what it would with the same values as static options (a rate of
+    0 draws an all-ones mask), at the cost of always computing the term. The static options
+    are set so that every term is drawn: a dropout rate of 0 becomes a nonzero placeholder
+    (never used as a rate) so that steps draw dropout keys; the static value of an option held
+    in ``hyperparams`` means nothing else.
+
+    Raises:
+      ValueError: a name that is not in :data:`TRACED_OPTIONS`, or a value outside the option's
+        range.
+    """
+    check_state(state)
+    unknown = sorted(set(values) - set(TRACED_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"with_hyperparams got {unknown}; the options a state can hold as arrays are "
+            f"{', '.join(TRACED_OPTIONS)}"
+        )
+    # Build the options once with the plain numbers: their checks run here, at the boundary.
+    dataclasses.replace(state.options, **{k: float(v) for k, v in values.items()})
+    dtype = state.params[0]["w"].dtype
+    placeholders = {
+        name: 0.5 for name in values if name != "l2" and not getattr(state.options, name)
+    }
+    return state.replace(
+        options=dataclasses.replace(state.options, **placeholders),
+        hyperparams={
+            **state.hyperparams,
+            **{
+                name: jnp.asarray(value, dtype) if name == "l2" else DropoutRate.of(value, dtype)
+                for name, value in values.items()
+            },
+        },
+    )
 
 
 def key_data(key) -> Array:

@@ -20,7 +20,7 @@ from jaxmlp.training._regularizers import (
     clip_max_norm,
     vat_loss_and_grads,
 )
-from jaxmlp.training._state import TrainState, check_state
+from jaxmlp.training._state import TrainState, check_state, step_options
 
 
 def loss_and_grads(
@@ -97,7 +97,7 @@ def private_loss_and_grads(
     grads = jax.tree.unflatten(treedef, [leaf / lot_size for leaf in leaves])
     loss = clipped.loss
     l2 = options.l2
-    if l2:
+    if not _validation.is_static_zero(l2):
         grads = [
             {"w": g["w"] + l2 * p["w"], "b": g["b"]} for g, p in zip(grads, params, strict=True)
         ]
@@ -123,7 +123,7 @@ def optimizer_step(
     ``step_key`` (None when the options draw no random numbers) drives augmentation, dropout,
     VAT's random start and DP-SGD's noise; ``weights`` mask the padding of a short last batch
     (or of a Poisson batch, whose DP gradient is divided by ``lot_size``)."""
-    options = state.options
+    options = step_options(state)
     augment_key = dropout_key = None
     if options.needs_key:
         augment_key, dropout_key = jax.random.split(step_key)
