@@ -64,10 +64,21 @@ def _number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
 
 
-def check_rate(argument: str, value: Any) -> float:
-    """A probability in [0, 1), such as a dropout rate. A traced value passes: it was checked
-    where it was made."""
+def _hyperparameter(value: Any) -> tuple[bool, Any]:
+    """``(checkable, value)`` of a hyperparameter: a traced value (one stacked model's own, see
+    :attr:`jaxmlp.TrainState.hyperparams`) is not checkable here, it was checked where it was
+    made; a concrete 0-d array is checked as its number."""
     if is_traced(value) or type(value).__name__ == "DropoutRate":  # jaxmlp.model.DropoutRate
+        return False, value
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
+        return True, np.asarray(value).item()
+    return True, value
+
+
+def check_rate(argument: str, value: Any) -> float:
+    """A probability in [0, 1), such as a dropout rate (see :func:`_hyperparameter`)."""
+    checkable, value = _hyperparameter(value)
+    if not checkable:
         return value
     if not _number(value):
         raise TypeError(f"{argument} must be a number in [0, 1), got {value!r}")
@@ -77,9 +88,9 @@ def check_rate(argument: str, value: Any) -> float:
 
 
 def check_non_negative(argument: str, value: Any) -> float:
-    """A finite number >= 0, such as an L2 coefficient. A traced value passes: it was checked
-    where it was made."""
-    if is_traced(value):
+    """A finite number >= 0, such as an L2 coefficient (see :func:`_hyperparameter`)."""
+    checkable, value = _hyperparameter(value)
+    if not checkable:
         return value
     if not _number(value):
         raise TypeError(f"{argument} must be a finite number >= 0, got {value!r}")
@@ -89,7 +100,11 @@ def check_non_negative(argument: str, value: Any) -> float:
 
 
 def check_positive(argument: str, value: Any) -> float:
-    """A finite number > 0, such as a learning rate or a step size."""
+    """A finite number > 0, such as a learning rate or a step size (see
+    :func:`_hyperparameter`)."""
+    checkable, value = _hyperparameter(value)
+    if not checkable:
+        return value
     if not _number(value):
         raise TypeError(f"{argument} must be a finite number > 0, got {value!r}")
     if not math.isfinite(float(value)) or float(value) <= 0:

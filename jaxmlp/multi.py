@@ -12,21 +12,33 @@ may differ between the stacked models; see :func:`stack_states`.
     )
     states, metrics = jaxmlp.multi.train_epoch(states, x, y, batch_size=128)  # metrics: (10,)
     scores = jaxmlp.multi.evaluate(states, x_test, y_test)  # {"accuracy": (10,) array, ...}
+
+Hyperparameters that are static in one model can differ between stacked ones when they are held
+as arrays: the L2 coefficient and the dropout rates in each state's ``hyperparams``
+(:func:`jaxmlp.training.with_hyperparams`), the learning rate, momentum and the other numbers of
+the optimizer in its state (:func:`stackable_optimizer`, :func:`set_optimizer_hyperparams`). The
+seed and the initialisation differ in the initial parameters. :func:`fit` trains such a stack
+for a number of epochs, scoring every model on validation data after each and keeping each
+one's best epoch: ``jaxmlp sweep`` is built on it.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxmlp import _validation
+from jaxmlp.optimizers import HYPERPARAMETERS, OptimizerSettings, optimizer
 from jaxmlp.training._epoch import check_epoch_arguments, epoch_program, run_epoch
 from jaxmlp.training._evaluate import evaluation, logits_of
+from jaxmlp.training._fit import best_epoch, check_monitor
 from jaxmlp.training._state import TrainState, check_state
 
 
@@ -168,3 +180,266 @@ def predict_logits(states: TrainState, images, *, batch_size: int = 2048) -> np.
         for i in range(0, images.shape[0], batch_size)
     ]
     return np.concatenate(chunks, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer hyperparameters that differ between stacked models
+
+STACKABLE_OPTIMIZER_HYPERPARAMETERS = (
+    "learning_rate",
+    *(h for h in HYPERPARAMETERS if h != "initial_accumulator_value"),
+)
+"""The :class:`jaxmlp.OptimizerSettings` numbers :func:`stackable_optimizer` can hold in the
+optimizer's state. (``initial_accumulator_value`` is read when the state is created, before a
+model's own value could be set, so it stays static.)"""
+
+
+def stackable_optimizer(
+    settings: OptimizerSettings, total_steps: int, traced: Sequence[str] = ()
+) -> optax.GradientTransformation:
+    """The optimizer of ``settings`` (over ``total_steps`` steps, as
+    :meth:`jaxmlp.OptimizerSettings.build` makes it) with the hyperparameters named in
+    ``traced`` held in its state by ``optax.inject_hyperparams``, so that the stacked states of
+    one optimizer object can each have their own (:func:`set_optimizer_hyperparams`).
+
+    A traced constant learning rate is the one the optimizer multiplies by, as a plain one is; a
+    traced peak of another schedule multiplies the schedule of peak 1 (the same values, to float
+    rounding). Without ``traced`` this is ``settings.build(total_steps)`` itself.
+
+    Raises:
+      ValueError: a name outside :data:`STACKABLE_OPTIMIZER_HYPERPARAMETERS`, one the settings
+        leave unset (optax's default is not a number jaxmlp knows), or a learning rate traced
+        under a schedule that is not a function of the step alone.
+    """
+    traced = tuple(dict.fromkeys(traced))
+    unknown = sorted(set(traced) - set(STACKABLE_OPTIMIZER_HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"stackable_optimizer cannot trace {unknown}; it traces "
+            f"{', '.join(STACKABLE_OPTIMIZER_HYPERPARAMETERS)}"
+        )
+    if not traced:
+        return settings.build(total_steps)
+    unset = [name for name in traced if getattr(settings, name) is None]
+    if unset:
+        raise ValueError(
+            f"{', '.join(unset)} is unset in the optimizer settings; give it a value to trace it"
+        )
+    static = {k: v for k, v in settings.hyperparameters().items() if k not in traced}
+    schedule = settings.learning_rate_schedule(total_steps)
+    unit = None
+    if "learning_rate" in traced and callable(schedule):
+        unit = _unit_schedule(settings, total_steps)
+
+    def make(
+        learning_rate, momentum=None, b1=None, b2=None, eps=None, decay=None, weight_decay=None
+    ):
+        values = {
+            "momentum": momentum,
+            "b1": b1,
+            "b2": b2,
+            "eps": eps,
+            "decay": decay,
+            "weight_decay": weight_decay,
+        }
+        given = {k: v for k, v in values.items() if k in traced}
+        if "learning_rate" not in traced:
+            rate = schedule
+        elif unit is None:
+            rate = learning_rate
+        else:
+            rate = lambda count: learning_rate * unit(count)  # noqa: E731
+        return optimizer(settings.optimizer, rate, **static, **given)
+
+    initial = {name: getattr(settings, name) for name in traced}
+    if "learning_rate" not in traced:
+        initial["learning_rate"] = None
+    return optax.inject_hyperparams(
+        make, static_args=("learning_rate",) if "learning_rate" not in traced else ()
+    )(**initial)
+
+
+def _unit_schedule(settings: OptimizerSettings, total_steps: int):
+    """The schedule of ``settings`` with a peak learning rate of 1, or an error for a schedule
+    that is not a function of the step count alone."""
+    import dataclasses
+
+    unit = dataclasses.replace(settings, learning_rate=1.0).learning_rate_schedule(total_steps)
+    if not callable(unit):
+        raise ValueError(
+            f"the learning rate cannot differ between stacked models under schedule "
+            f"{settings.schedule!r}"
+        )
+    return unit
+
+
+def set_optimizer_hyperparams(state: TrainState, **values: float) -> TrainState:
+    """``state`` with the optimizer hyperparameters ``values`` that its
+    :func:`stackable_optimizer` holds in the optimizer state set to these numbers (in the
+    state's own dtype). The state must not have trained yet: a learning rate is read at every
+    step, but changing it mid-run is not what this is for.
+
+    Raises:
+      ValueError: the optimizer state holds no such hyperparameter.
+    """
+    check_state(state)
+    opt_state = state.opt_state
+    held = getattr(opt_state, "hyperparams", None)
+    missing = sorted(set(values) - set(held or {}))
+    if missing:
+        raise ValueError(
+            f"the state's optimizer does not hold {missing} in its state; build it with "
+            f"jaxmlp.multi.stackable_optimizer(settings, total_steps, traced={tuple(values)})"
+        )
+    hyperparams = {
+        **held,
+        **{name: jnp.asarray(value, held[name].dtype) for name, value in values.items()},
+    }
+    return state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
+
+
+def plain_optimizer_state(state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """A model of a stack (unstacked) as the same model trained alone would be: the optimizer
+    state of its :func:`stackable_optimizer` unwrapped to the inner state, which has the
+    structure of ``optimizer``'s (the one :meth:`jaxmlp.OptimizerSettings.build` makes for the
+    same settings), and ``optimizer`` in its place."""
+    opt_state = state.opt_state
+    inner = getattr(opt_state, "inner_state", None)
+    if inner is not None and hasattr(opt_state, "hyperparams"):
+        opt_state = inner
+    expected = jax.tree.structure(optimizer.init(state.params))
+    if jax.tree.structure(opt_state) != expected:
+        raise ValueError(
+            "the state's optimizer state does not have the structure of the given optimizer's"
+        )
+    return state.replace(opt_state=opt_state, optimizer=optimizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Training a stack for several epochs
+
+
+class StackedFit(NamedTuple):
+    """What :func:`fit` returns."""
+
+    states: TrainState
+    """The stacked states after the last epoch."""
+    best_states: TrainState
+    """Each model's state at its best epoch by the monitor (the last epoch without validation
+    data), stacked."""
+    histories: list[list[dict[str, Any]]]
+    """One list of per-epoch records per model, as :func:`jaxmlp.fit` records them."""
+
+
+def fit(
+    states: TrainState,
+    x_train,
+    y_train,
+    *,
+    epochs: int,
+    batch_size: int,
+    validation_data: tuple[Any, Any] | None = None,
+    monitor: str = "validation_accuracy",
+    min_delta: float = 0.0,
+    on_epoch_end: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> StackedFit:
+    """Train every stacked model for ``epochs`` epochs in one compiled program per epoch, score
+    each on ``validation_data`` after every epoch, and keep each one's best epoch.
+
+    Each model's records are those :func:`jaxmlp.fit` gives the same model trained alone
+    (``epoch``, ``loss``, ``train_accuracy``, ``seconds``, ``validation_loss``,
+    ``validation_accuracy``), and its numbers equal them to float rounding; ``seconds`` is the
+    stack's wall time for the epoch (the first includes the compile). A model whose loss or
+    gradients became non-finite gets ``"diverged": True`` from that epoch on and keeps its best
+    state from before; the others train on.
+
+    Args:
+      states: stacked train states (:func:`stack_states`).
+      x_train, y_train: the training data all models share.
+      epochs, batch_size: as for :func:`jaxmlp.fit`.
+      validation_data: optional ``(x, y)`` scored after every epoch.
+      monitor, min_delta: the best epoch's rule (:func:`jaxmlp.best_epoch`).
+      on_epoch_end: called as ``on_epoch_end(epoch, records)`` with the epoch's record of every
+        model (progress lines).
+
+    Returns:
+      A :class:`StackedFit`.
+    """
+    epochs = _validation.check_positive_int("epochs", epochs)
+    monitor, min_delta = check_monitor(monitor, min_delta)
+    first = first_model(states)
+    x_train, y_train, batch_size = check_epoch_arguments(
+        first, x_train, y_train, batch_size, None, names=("x_train", "y_train")
+    )
+    if validation_data is not None:
+        validation_data = _validation.check_dataset(
+            first.params, *validation_data, "validation images", "validation labels"
+        )
+    models = count(states)
+    start = time.perf_counter()
+    if models == 1:
+        single = epoch_program.lower(first, x_train, y_train, batch_size, None, 50, None).compile()
+
+        def program(states, x, y):
+            state, metrics = single(jax.tree.map(lambda leaf: leaf[0], states), x, y)
+            return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
+
+    else:
+        program = stacked_epoch_program.lower(states, x_train, y_train, batch_size).compile()
+    compile_seconds = time.perf_counter() - start
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(models)]
+    diverged = np.zeros(models, bool)
+    best_states = states
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        states, metrics = program(states, x_train, y_train)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - start + (compile_seconds if epoch == 1 else 0.0)
+        diverged |= np.asarray(metrics["diverged_at_step"]) >= 0
+        scores = evaluate(states, *validation_data) if validation_data is not None else None
+        records = []
+        for i in range(models):
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": float(metrics["loss"][i]),
+                "train_accuracy": float(metrics["train_accuracy"][i]),
+                "seconds": seconds,
+            }
+            if epoch == 1:
+                record["compile_seconds"] = compile_seconds
+            if scores is not None:
+                record["validation_loss"] = float(scores["loss"][i])
+                record["validation_accuracy"] = float(scores["accuracy"][i])
+            if diverged[i]:
+                record["diverged"] = True
+            histories[i].append(record)
+            records.append(record)
+        improved = np.array(
+            [
+                not diverged[i]
+                and (
+                    scores is None
+                    or best_epoch(
+                        [r for r in histories[i] if not r.get("diverged")],
+                        monitor=monitor,
+                        min_delta=min_delta,
+                    )
+                    == epoch
+                )
+                for i in range(models)
+            ]
+        )
+        best_states = _select(improved, states, best_states)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, records)
+    return StackedFit(states, best_states, histories)
+
+
+@jax.jit
+def _select(take, new: TrainState, old: TrainState) -> TrainState:
+    """Per model, ``new`` where ``take`` (a (models,) bool array), else ``old``."""
+
+    def pick(a, b):
+        return jnp.where(take.reshape(take.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, old)
