@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import optax
 
+from jaxmlp.optimizers import plateau_scale
 from jaxmlp.training import TrainState
 
 TAGS = {
@@ -89,6 +90,8 @@ class TensorBoardLogger:
         ``learning_rate(state.step - 1)``. Without it, the one ``optax.inject_hyperparams``
         learning rate in ``state.opt_state`` is written (the same value); without either, the
         scalar is left out: an optax optimizer keeps its schedule in a closure, out of reach.
+        A :func:`jaxmlp.optimizers.reduce_on_plateau` in the optimizer state multiplies it by
+        the scale it has reached.
     """
 
     def __init__(
@@ -158,10 +161,14 @@ class TensorBoardLogger:
 
     def _learning_rate_of(self, state: TrainState) -> float | None:
         if self.learning_rate is None:
-            return _injected_learning_rate(state.opt_state)
-        if callable(self.learning_rate):
-            return float(self.learning_rate(max(int(state.step) - 1, 0)))
-        return float(self.learning_rate)
+            rate = _injected_learning_rate(state.opt_state)
+        elif callable(self.learning_rate):
+            rate = float(self.learning_rate(max(int(state.step) - 1, 0)))
+        else:
+            rate = float(self.learning_rate)
+        # A reduce_on_plateau after the optimizer scales its updates, and so the rate.
+        scale = plateau_scale(state.opt_state)
+        return rate if rate is None or scale is None else rate * scale
 
     def flush(self) -> None:
         """Write out the events so far."""

@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import optax
+from optax import contrib
 
 from jaxmlp import _validation
 from jaxmlp._schema import option
@@ -68,7 +70,7 @@ def optimizer(
     return constructor(learning_rate=learning_rate, **{**implied, **hyperparameters})
 
 
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "step")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "step", "plateau")
 
 
 def schedule(
@@ -87,11 +89,14 @@ def schedule(
     ``warmup_cosine``: linear warm-up over ``warmup_steps``, then cosine decay.
     ``exponential``: lr * decay_rate ** (step / total_steps).
     ``step``: lr multiplied by 0.1 at each fraction of training in ``boundaries``.
+    ``plateau``: the plain number here; the reduction on a plateau of the training loss is a
+    transformation chained after the optimizer (:func:`reduce_on_plateau`), which
+    :meth:`OptimizerSettings.build` adds.
     """
     _validation.check_choice("schedule", name, SCHEDULES)
     _validation.check_positive("learning_rate", learning_rate)
     _validation.check_positive_int("total_steps", total_steps)
-    if name == "constant":
+    if name in ("constant", "plateau"):
         return learning_rate
     if name == "cosine":
         return optax.cosine_decay_schedule(learning_rate, total_steps, alpha=final_lr_fraction)
@@ -108,6 +113,52 @@ def schedule(
     return optax.piecewise_constant_schedule(
         learning_rate, {int(fraction * total_steps): 0.1 for fraction in boundaries}
     )
+
+
+def reduce_on_plateau(
+    *, factor: float, patience: int, steps_per_epoch: int
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.contrib.reduce_on_plateau`` over whole epochs, to chain after an optimizer:
+    ``optax.chain(optimizer(...), reduce_on_plateau(...))``.
+
+    It reads each step's training loss (``value=``, which :func:`jaxmlp.train_step` and
+    :func:`jaxmlp.fit` pass to the optimizer) and averages it over ``steps_per_epoch`` steps:
+    after every epoch, the mean of its step losses L (each the batch's mean loss, the padded
+    last batch counting as one) is compared with the best mean so far, L_best. When
+    L > L_best * (1 - 1e-4) for ``patience`` epochs in a row (optax's ``rtol``), the scale
+    of the updates, and so the learning rate, is multiplied by ``factor``:
+    lr_t = lr * factor ** (reductions so far). The scale is part of the optimizer state, so a
+    checkpoint keeps it.
+
+    The losses are those of the training batches, not of validation data; under DP-SGD they
+    are not private, so a learning rate decided by them would spend privacy the accountant
+    does not count (:func:`jaxmlp.fit` refuses it with noise).
+
+    Args:
+      factor: the multiplier of the learning rate on a plateau, in (0, 1).
+      patience: epochs without an improvement before a reduction, >= 1.
+      steps_per_epoch: optimizer steps per epoch (:func:`jaxmlp.steps_per_epoch`).
+    """
+    if not 0 < factor < 1:
+        raise ValueError(f"plateau_factor={factor!r} is invalid; expected 0 < plateau_factor < 1")
+    _validation.check_positive_int("plateau_patience", patience)
+    _validation.check_positive_int("steps_per_epoch", steps_per_epoch)
+    return contrib.reduce_on_plateau(
+        factor=factor, patience=patience, accumulation_size=steps_per_epoch
+    )
+
+
+def plateau_scale(opt_state) -> float | None:
+    """The learning-rate multiplier a :func:`reduce_on_plateau` in ``opt_state`` has reached
+    (1.0 until its first reduction), or None if it holds none."""
+    found = [
+        node.scale
+        for node in jax.tree.leaves(
+            opt_state, is_leaf=lambda node: isinstance(node, contrib.ReduceLROnPlateauState)
+        )
+        if isinstance(node, contrib.ReduceLROnPlateauState)
+    ]
+    return float(found[0]) if found else None
 
 
 HYPERPARAMETERS = (
@@ -169,6 +220,19 @@ class OptimizerSettings:
     decay_rate: float = option(
         0.1, "total decay factor of --schedule exponential", group="opt", metavar="F"
     )
+    plateau_factor: float = option(
+        0.1,
+        "--schedule plateau: multiply the learning rate by F when the epoch's mean training "
+        "loss has not improved for --plateau-patience epochs",
+        group="opt",
+        metavar="F",
+    )
+    plateau_patience: int = option(
+        2,
+        "--schedule plateau: epochs without improvement before a reduction",
+        group="opt",
+        metavar="N",
+    )
 
     def __post_init__(self):
         _validation.check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -184,6 +248,11 @@ class OptimizerSettings:
             raise ValueError(f"warmup_steps={self.warmup_steps} is invalid; expected >= 0")
         _validation.check_non_negative("final_lr_fraction", self.final_lr_fraction)
         _validation.check_positive("decay_rate", self.decay_rate)
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int):
+            raise TypeError(f"plateau_patience must be an int, got {self.plateau_patience!r}")
+        reduce_on_plateau(
+            factor=self.plateau_factor, patience=self.plateau_patience, steps_per_epoch=1
+        )
         # Hyperparameters the optimizer does not take are refused now, not at build time.
         optimizer(self.optimizer, self.learning_rate, **self.hyperparameters())
 
@@ -193,12 +262,28 @@ class OptimizerSettings:
             name: getattr(self, name) for name in HYPERPARAMETERS if getattr(self, name) is not None
         }
 
-    def build(self, total_steps: int) -> optax.GradientTransformation:
+    def build(
+        self, total_steps: int, *, steps_per_epoch: int | None = None
+    ) -> optax.GradientTransformation:
         """The optax optimizer, its learning rate following the schedule over ``total_steps``
         optimizer steps (``epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)`` for a
-        whole run)."""
+        whole run). ``schedule="plateau"`` chains :func:`reduce_on_plateau` after it, which
+        needs ``steps_per_epoch``."""
         learning_rate = self.learning_rate_schedule(total_steps)
-        return optimizer(self.optimizer, learning_rate, **self.hyperparameters())
+        built = optimizer(self.optimizer, learning_rate, **self.hyperparameters())
+        if self.schedule != "plateau":
+            return built
+        if steps_per_epoch is None:
+            raise TypeError(
+                "schedule='plateau' averages the training loss over each epoch: build(..., "
+                "steps_per_epoch=jaxmlp.steps_per_epoch(n, batch_size)) needs the steps per epoch"
+            )
+        plateau = reduce_on_plateau(
+            factor=self.plateau_factor,
+            patience=self.plateau_patience,
+            steps_per_epoch=steps_per_epoch,
+        )
+        return optax.chain(built, plateau)
 
     def learning_rate_schedule(self, total_steps: int) -> float | Schedule:
         """The learning rate :meth:`build` gives the optimizer: :func:`schedule` over

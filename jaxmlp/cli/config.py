@@ -299,6 +299,14 @@ def _check_own_values(config: RunConfig) -> None:
     ):
         at_least(name, 1)
     at_least("min_delta", 0)
+    if config.optimization.schedule == "plateau" and (
+        config.model.is_private or config.dp_target_epsilon is not None
+    ):
+        raise ConfigError(
+            "schedule='plateau' lowers the learning rate on the training loss of the private "
+            "batches, which DP-SGD does not make private (the accountant would not count it); "
+            "choose another schedule for DP-SGD"
+        )
     if config.early_stopping_patience is not None and config.validation == 0:
         raise ConfigError(
             f"early_stopping_patience={config.early_stopping_patience} watches {config.monitor}, "

@@ -193,7 +193,10 @@ def build_state(config: RunConfig, n_train: int):
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,
-        config.optimization.build(config.epochs * steps_per_epoch(config, n_train)),
+        config.optimization.build(
+            config.epochs * steps_per_epoch(config, n_train),
+            steps_per_epoch=steps_per_epoch(config, n_train),
+        ),
         init=config.init,
         init_scale=config.init_scale,
         dtype=_dtype(config),

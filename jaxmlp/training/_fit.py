@@ -11,6 +11,7 @@ import optax
 
 from jaxmlp import _validation
 from jaxmlp.model import layer_sizes_of
+from jaxmlp.optimizers import plateau_scale
 from jaxmlp.training._epoch import check_epoch_arguments, epoch_program, steps_per_epoch
 from jaxmlp.training._evaluate import evaluate
 from jaxmlp.training._options import ModelOptions, model_option_names
@@ -321,6 +322,12 @@ def fit(
     )
     history = _check_history(history)
     epsilon = _accountant(state.options, dp_delta, dp_accountant)
+    if epsilon is not None and plateau_scale(state.opt_state) is not None:
+        raise ValueError(
+            "the optimizer holds a reduce_on_plateau, which lowers the learning rate on the "
+            "training loss of the private batches; DP-SGD does not make that loss private, so "
+            "the privacy spent would be more than the epsilon reported: use a fixed schedule"
+        )
     if x_train is None or y_train is None:
         raise TypeError("fit needs the training data x_train and y_train")
     x_train, y_train, batch_size = check_epoch_arguments(
