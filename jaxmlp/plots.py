@@ -149,3 +149,50 @@ def plot_confusion(
         left=0.2 if short else 0.12, right=0.97, bottom=0.2 if short else 0.1, top=0.93
     )
     return _save(fig, path)
+
+
+def plot_sweep(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    monitor: str = "validation_accuracy",
+    log_keys: Sequence[str] = (),
+) -> Path:
+    """A sweep's results: for each swept key, every configuration's best ``monitor`` value
+    against its value of the key (a log axis for ``log_keys``; categories side by side), and
+    the validation accuracy of every configuration per epoch.
+
+    ``rows``: one per configuration with the keys' values, ``best_<monitor>`` and ``history``
+    (its per-epoch records).
+    """
+    plt = _pyplot()
+    panels = len(keys) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.8), squeeze=False)
+    axes = axes[0]
+    percent = monitor == "validation_accuracy"
+    best = [r[f"best_{monitor}"] for r in rows]
+    scale = 100.0 if percent else 1.0
+    label = "best validation accuracy (%)" if percent else "best validation loss"
+    for ax, key in zip(axes, keys, strict=False):
+        values = [r[key] for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            x = values
+            if key in log_keys:
+                ax.set_xscale("log")
+        else:
+            names = list(dict.fromkeys(str(v) for v in values))
+            x = [names.index(str(v)) for v in values]
+            ax.set_xticks(range(len(names)), names)
+        ax.scatter(x, [scale * b for b in best], alpha=0.75)
+        ax.set(xlabel=key, ylabel=label)
+        ax.grid(alpha=0.3)
+    curves = axes[-1]
+    for row in rows:
+        epochs = [r["epoch"] for r in row["history"]]
+        curves.plot(epochs, [100 * r["validation_accuracy"] for r in row["history"]], alpha=0.5)
+    curves.set(title="every configuration", xlabel="epoch", ylabel="validation accuracy (%)")
+    curves.grid(alpha=0.3)
+    curves.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _save(fig, path)

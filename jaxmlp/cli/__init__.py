@@ -9,6 +9,9 @@ Subcommands::
     jaxmlp predict RUN IMAGE...       classify user-drawn digit images (PNG/JPEG)
     jaxmlp export RUN --format onnx|jax --output FILE
                                       the model as an ONNX or jax.export file
+    jaxmlp sweep --name S --grid KEY=V1,V2 [--random N --range KEY=LOW:HIGH[:log]] [options]
+                                      train many configurations at once (stacked models);
+                                      results.json/csv, a plot and the best run (runs/S/)
     jaxmlp summary [RUN] [options]    layers, output shapes and parameter counts
     jaxmlp data [status|fetch|prepare-tfds] [DATASET...]
                                       where the datasets are and whether they verify; fetch them
@@ -19,7 +22,7 @@ in the arguments, a file or the data (one line on stderr; ``--debug`` shows the 
 
 Modules: ``config`` (the run configuration), ``parser``, ``output``, ``runs`` (run directories,
 their lock, what a configuration builds), and one module per command (``train``, ``evaluate``,
-``predict``, ``export``, ``summary``, ``data``).
+``sweep``, ``predict``, ``export``, ``summary``, ``data``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from jaxmlp.cli.parser import build_parser, given_config_values
 
 __all__ = ["main"]
 
-COMPILING_COMMANDS = ("train", "evaluate", "predict", "export")
+COMPILING_COMMANDS = ("train", "sweep", "evaluate", "predict", "export")
 """The commands that compile programs, and so use the persistent compilation cache."""
 
 
@@ -55,6 +58,10 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         from jaxmlp.cli.train import cmd_train
 
         return cmd_train(args, given_config_values(args), out)
+    if args.command == "sweep":
+        from jaxmlp.cli.sweep import cmd_sweep
+
+        return cmd_sweep(args, given_config_values(args), out)
     if args.command == "evaluate":
         from jaxmlp.cli.evaluate import cmd_evaluate
 

@@ -16,6 +16,7 @@ from typing import Any
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import data as data_command
 from jaxmlp.cli import export as export_command
+from jaxmlp.cli import sweep as sweep_command
 from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
@@ -352,6 +353,7 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
         "version are in the model's metadata (ONNX metadata_props; FILE.json for jax).",
         _export_arguments,
     ),
+    "sweep": (sweep_command.SUMMARY, sweep_command.DESCRIPTION, sweep_command.add_arguments),
     "summary": (
         "layers, output shapes and parameter counts",
         "A table of the model's layers with output shapes and parameter counts, for a "

@@ -24,6 +24,9 @@ from jaxmlp.training._fit import should_stop as should_stop
 from jaxmlp.training._options import BATCH_SAMPLINGS as BATCH_SAMPLINGS
 from jaxmlp.training._options import GRADIENTS as GRADIENTS
 from jaxmlp.training._options import ModelOptions as ModelOptions
+from jaxmlp.training._state import TRACED_OPTIONS as TRACED_OPTIONS
 from jaxmlp.training._state import TrainState as TrainState
 from jaxmlp.training._state import create_train_state as create_train_state
+from jaxmlp.training._state import step_options as step_options
+from jaxmlp.training._state import with_hyperparams as with_hyperparams
 from jaxmlp.training._step import train_step as train_step
