@@ -22,7 +22,8 @@ def cmd_predict(args: argparse.Namespace, out: Output) -> int:
     run_dir, config, chosen = runs.load_for_inference(
         args.run, args.runs_dir, out, epoch=args.epoch
     )
-    out.line(f"{run_dir}, checkpoint of epoch {chosen.epoch} ({chosen.why})")
+    # On stderr: stdout is one line per image.
+    out.note(f"{run_dir}: checkpoint of epoch {chosen.epoch} ({chosen.why})")
     class_names = data.DATASETS[config.dataset].class_names
     dtype = np.float64 if config.dtype == "float64" else np.float32
     batch = data.normalize_images(
