@@ -324,8 +324,9 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
         "and cosine decay for 15 epochs on MNIST, fetching the dataset first if it is not "
         "there. Options override the --config file, which overrides the defaults. The run "
         "directory keeps config.json, history.json, checkpoints/ (one per epoch, the last few "
-        "kept), TensorBoard event files, metrics.json and history.png, misclassified.png, "
-        "confusion.png; one process at a time trains it.",
+        "and the best kept), TensorBoard event files, metrics.json and history.png, "
+        "misclassified.png, confusion.png; one process at a time trains it. The test scores "
+        "at the end are the best epoch's (by --monitor), as evaluate scores it.",
         _train_arguments,
     ),
     "evaluate": (

@@ -2,8 +2,11 @@
 
 What the command adds to ``fit``: the configuration (defaults < ``--config`` file < options),
 the run directory and its lock, fetching a missing dataset, a checkpoint, ``history.json`` and
-TensorBoard events after every epoch (through ``fit``'s epoch callback), resuming from the last
-good checkpoint, the table and progress bar, Ctrl-C, and the test scores and plots at the end.
+TensorBoard events after every epoch (through ``fit``'s epoch callback; step scalars through its
+step callback), resuming from the last good checkpoint, the table and progress bar, Ctrl-C, and
+at the end the test scores of the best epoch (by ``--monitor``; its checkpoint is kept out of
+the rotation), the plots and ``metrics.json``. Early stopping is ``fit``'s own, counted on from
+the saved history when a run resumes.
 The arguments of the training itself (the batch size against the data, the device mesh) are
 checked by ``fit``.
 """
