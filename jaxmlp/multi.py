@@ -194,8 +194,17 @@ optimizer's state. (``initial_accumulator_value`` is read when the state is crea
 model's own value could be set, so it stays static.)"""
 
 
+SCHEDULES_WITH_TRACED_NUMBERS = ("constant", "cosine", "warmup_cosine", "exponential", "step")
+"""The schedules under which :func:`stackable_optimizer` traces numbers: functions of the step
+alone (``plateau`` also reads the loss)."""
+
+
 def stackable_optimizer(
-    settings: OptimizerSettings, total_steps: int, traced: Sequence[str] = ()
+    settings: OptimizerSettings,
+    total_steps: int,
+    traced: Sequence[str] = (),
+    *,
+    steps_per_epoch: int | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer of ``settings`` (over ``total_steps`` steps, as
     :meth:`jaxmlp.OptimizerSettings.build` makes it) with the hyperparameters named in
@@ -204,12 +213,13 @@ def stackable_optimizer(
 
     A traced constant learning rate is the one the optimizer multiplies by, as a plain one is; a
     traced peak of another schedule multiplies the schedule of peak 1 (the same values, to float
-    rounding). Without ``traced`` this is ``settings.build(total_steps)`` itself.
+    rounding). Without ``traced`` this is ``settings.build(total_steps, steps_per_epoch=...)``
+    itself.
 
     Raises:
       ValueError: a name outside :data:`STACKABLE_OPTIMIZER_HYPERPARAMETERS`, one the settings
-        leave unset (optax's default is not a number jaxmlp knows), or a learning rate traced
-        under a schedule that is not a function of the step alone.
+        leave unset (optax's default is not a number jaxmlp knows), or a schedule outside
+        :data:`SCHEDULES_WITH_TRACED_NUMBERS`.
     """
     traced = tuple(dict.fromkeys(traced))
     unknown = sorted(set(traced) - set(STACKABLE_OPTIMIZER_HYPERPARAMETERS))
@@ -219,7 +229,12 @@ def stackable_optimizer(
             f"{', '.join(STACKABLE_OPTIMIZER_HYPERPARAMETERS)}"
         )
     if not traced:
-        return settings.build(total_steps)
+        return settings.build(total_steps, steps_per_epoch=steps_per_epoch)
+    if settings.schedule not in SCHEDULES_WITH_TRACED_NUMBERS:
+        raise ValueError(
+            f"the optimizer's numbers cannot differ between stacked models under schedule "
+            f"{settings.schedule!r}; they can under {', '.join(SCHEDULES_WITH_TRACED_NUMBERS)}"
+        )
     unset = [name for name in traced if getattr(settings, name) is None]
     if unset:
         raise ValueError(

@@ -53,7 +53,6 @@ DESCRIPTION = (
 
 INITIAL_KEYS = ("seed", "init", "init_scale")
 """Keys that decide only the initial parameters: any values stack."""
-SCHEDULES_WITH_TRACED_RATE = ("constant", "cosine", "warmup_cosine", "exponential", "step")
 NOT_SWEPT = frozenset(
     {"data_dir", "keep_checkpoints", "log_every_steps", "early_stopping_patience"}
 )
@@ -244,12 +243,12 @@ def configurations(
 ) -> list[dict[str, Any]]:
     """The swept values of every configuration: the grid's product, and with ``random`` that
     many draws of the ranges for each grid point."""
-    if not grid and not ranges:
-        raise CliError("nothing to sweep: give --grid KEY=V1,V2 and/or --random N --range ...")
     if ranges and random is None:
         raise CliError("--range needs --random N (how many configurations to draw)")
     if random is not None and not ranges:
         raise CliError("--random needs at least one --range KEY=LOW:HIGH to draw from")
+    if not grid and not ranges:
+        raise CliError("nothing to sweep: give --grid KEY=V1,V2 and/or --random N --range ...")
     if random is not None and random < 1:
         raise CliError(f"--random {random} is invalid; expected N >= 1")
     both = sorted(set(grid) & set(ranges))
@@ -312,7 +311,7 @@ def _traced_keys(config: RunConfig) -> set[str]:
     from jaxmlp.training import TRACED_OPTIONS
 
     keys = set(INITIAL_KEYS) | set(TRACED_OPTIONS)
-    if config.schedule in SCHEDULES_WITH_TRACED_RATE:
+    if config.schedule in multi.SCHEDULES_WITH_TRACED_NUMBERS:
         keys |= {
             k for k in multi.STACKABLE_OPTIMIZER_HYPERPARAMETERS if getattr(config, k) is not None
         }
@@ -398,8 +397,10 @@ def build_stack(configs: Sequence[RunConfig], n_train: int):
 
     traced_optimizer = varying(multi.STACKABLE_OPTIMIZER_HYPERPARAMETERS)
     traced_model = varying(TRACED_OPTIONS)
-    total_steps = first.epochs * runs.steps_per_epoch(first, n_train)
-    optimizer = multi.stackable_optimizer(first.optimization, total_steps, traced_optimizer)
+    steps = runs.steps_per_epoch(first, n_train)
+    optimizer = multi.stackable_optimizer(
+        first.optimization, first.epochs * steps, traced_optimizer, steps_per_epoch=steps
+    )
     states = []
     for config in configs:
         state = jaxmlp.create_train_state(
@@ -426,7 +427,8 @@ def alone_state(state, config: RunConfig, n_train: int):
     optimizer (``config.optimization.build``), no traced hyperparameters."""
     from jaxmlp import multi
 
-    optimizer = config.optimization.build(config.epochs * runs.steps_per_epoch(config, n_train))
+    steps = runs.steps_per_epoch(config, n_train)
+    optimizer = config.optimization.build(config.epochs * steps, steps_per_epoch=steps)
     state = multi.plain_optimizer_state(state, optimizer)
     return state.replace(options=config.model, hyperparams={})
 
