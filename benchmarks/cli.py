@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("correctness", "gradient_speed", "throughput", "limit", "scaling", "privacy")
+SECTIONS = (
+    "correctness",
+    "gradient_speed",
+    "throughput",
+    "limit",
+    "scaling",
+    "privacy",
+    "sweep",
+)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -512,6 +513,48 @@ def plot_throughput(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def sweep_section(section: dict[str, Any]) -> str:
+    """The stacked-vs-one-by-one table of :mod:`benchmarks.sweep`."""
+    rows = []
+    for row in section["rows"]:
+
+        def median(approach: str, key: str, row=row) -> float:
+            return statistics.median(r[key] for r in row[approach])
+
+        end, epoch = row["end_to_end_speedup"], row["epoch_speedup"]
+        rows.append(
+            [
+                row["models"],
+                f"{median('stack', 'end_to_end_s'):.1f} s",
+                f"{median('one_by_one', 'end_to_end_s'):.1f} s",
+                f"{end['median']:.1f}x ({end['min']:.1f}-{end['max']:.1f})",
+                f"{median('stack', 'epoch_s'):.2f} s",
+                f"{median('one_by_one', 'epoch_s'):.2f} s",
+                f"{epoch['median']:.1f}x ({epoch['min']:.1f}-{epoch['max']:.1f})",
+            ]
+        )
+    first = section["rows"][0]
+    return (
+        f"{section['model']} Adam models, batch {section['batch_size']}, {first['examples']:,} "
+        f"examples, {first['epochs']} epochs; each model its own learning rate, L2 coefficient "
+        f"and seed. Median over {first['rounds']} interleaved rounds (the speed-up's range in "
+        "brackets). End to end includes the compiles: one for the stack, one per model one by "
+        "one (each its own optimizer); an epoch is all the models' epoch, compiled.\n\n"
+        + _table(
+            [
+                "models",
+                "stack, end to end",
+                "one by one",
+                "speed-up",
+                "stack, epoch",
+                "one by one, epoch",
+                "speed-up",
+            ],
+            rows,
+        )
+    )
+
+
 def write(results: dict[str, Any], out: Path, stem: str) -> Path:
     """Write ``<stem>.md`` and its plots into ``out``; return the markdown's path."""
     s = results["sections"]
@@ -558,6 +601,8 @@ def write(results: dict[str, Any], out: Path, stem: str) -> Path:
         parts += ["## 5. Scaling", f"![scaling]({scaling_png})"]
     if "privacy" in s:
         parts += ["## 6. Per-example gradients and DP-SGD", privacy_section(s["privacy"])]
+    if "sweep" in s:
+        parts += ["## 7. Sweeps: one stack against one by one", sweep_section(s["sweep"])]
     seconds = {name: section.get("seconds") for name, section in s.items()}
     parts.append("Section run times (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     text = "\n\n".join(parts) + "\n"

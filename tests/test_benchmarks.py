@@ -37,6 +37,7 @@ def test_quick_run_writes_valid_json(tmp_path):
         "limit",
         "scaling",
         "privacy",
+        "sweep",
     }
     assert results["machine"]["jax"]
     assert list(tmp_path.glob("*-quick.md"))
