@@ -353,3 +353,22 @@ def test_step_logs_in_the_run_directory_change_no_number(needs_data, capsys, tmp
     written = scalars(tmp_path / "steps" / "steps")
     assert [s for s, _ in written["train/step_loss"]] == [3, 6, 9, 12, 15, 18]
     assert not (tmp_path / "plain" / "steps").exists()
+
+
+def test_without_early_stopping_the_same_epochs_train_alike_and_the_best_is_kept(
+    stopped, capsys, tmp_path
+):
+    run_dir, _ = stopped
+    history = _read(run_dir, "history.json")
+    last = history[-1]["epoch"]
+    argv = [a for a in STOPPING if a not in ("--early-stopping-patience", "2")]
+    argv[argv.index("--epochs") + 1] = str(last)
+    code, out, err = train(capsys, tmp_path / "plain", *argv)
+    assert code == 0, err
+    plain = _read(tmp_path / "plain", "history.json")
+    assert _numbers(plain) == _numbers(history)
+    best = jaxmlp.best_epoch(plain)
+    assert checkpoints.list_steps(tmp_path / "plain" / "checkpoints") == [best, last]
+    metrics = _read(tmp_path / "plain", "metrics.json")
+    assert metrics["stopped_early"] is False and metrics["test_epoch"] == best
+    assert "early stopping" not in out
