@@ -664,7 +664,7 @@ def _table(rows, keys, best: int):
     table.add_column("#", justify="right")
     for key in keys:
         table.add_column(key, justify="right", min_width=len(key))
-    for title in ("best acc", "epoch", "final acc", "final loss", "stack", "s"):
+    for title in ("best acc", "epoch", "last acc", "last loss", "s"):
         table.add_column(title, justify="right")
     for i, row in enumerate(rows):
         accuracy = row["best_epoch_validation_accuracy"]
@@ -675,7 +675,6 @@ def _table(rows, keys, best: int):
             str(row["best_epoch"] or "-"),
             f"{100 * row['final_validation_accuracy']:.2f}%",
             f"{row['final_validation_loss']:.4f}",
-            str(row["stack"]),
             f"{row['seconds']:.1f}",
         )
     return table
