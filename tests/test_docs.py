@@ -120,6 +120,10 @@ def test_tutorial_is_a_titled_notebook_with_plots(path):
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     assert "plt.show()" in code
     assert "data.load(" in code  # the datasets through jaxmlp.data, as CI seeds them
+    # mkdocs checks and rewrites the links of Markdown pages, not those inside a notebook: a
+    # link to another page would be left pointing at a .md file that the site does not have.
+    text = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    assert not re.findall(r"\]\((?!https?://|#)[^)]*\)", text), "link pages by name, in words"
 
 
 # -- the generated pages

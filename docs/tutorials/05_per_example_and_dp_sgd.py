@@ -8,7 +8,7 @@
 # computes per-example gradients that way, beside `jax.vmap(jax.grad)`, and trains DP-SGD on it.
 #
 # To run in seconds on a laptop CPU the private model here, 784-128-10, trains on 10,000 MNIST
-# images for 4 epochs (the how-to guide [DP-SGD](../how-to/dp-sgd.md) has the full 15-epoch
+# images for 4 epochs (the how-to guide "DP-SGD" has the full 15-epoch
 # run on all 55,000: 93.5 % test accuracy at ε = 2).
 
 # %%
