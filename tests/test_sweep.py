@@ -372,3 +372,33 @@ def test_sweep_equals_train_alone_and_writes_an_ordinary_best_run(capsys, tmp_pa
     assert code == 0, err
     evaluated = json.loads(out.strip().splitlines()[-1])
     assert evaluated["correct"] == alone_metrics["test_correct"]
+
+
+@pytest.mark.data
+def test_a_sweep_whose_every_configuration_diverges_says_so_and_keeps_the_results(capsys, tmp_path):
+    require_mnist()
+    runs_dir = tmp_path / "runs"
+    code, out, err = run(
+        capsys,
+        "sweep",
+        "--name",
+        "s",
+        "--runs-dir",
+        runs_dir,
+        "--grid",
+        "learning_rate=1e30,1e35",
+        "--optimizer",
+        "sgd",
+        "--schedule",
+        "constant",
+        "--epochs",
+        "1",
+        "--no-compilation-cache",
+        *small_run(16),
+    )
+    assert code == 1, err
+    assert "every configuration diverged" in err and "Traceback" not in err
+    document = json.loads((runs_dir / "s" / "results.json").read_text())
+    assert document["best"] is None
+    assert [r["diverged"] for r in document["results"]] == [True, True]
+    assert not (runs_dir / "s" / "best").exists()

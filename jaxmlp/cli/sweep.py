@@ -37,7 +37,7 @@ from typing import Any
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import runs
 from jaxmlp.cli.config import RunConfig
-from jaxmlp.cli.output import EXIT_OK, PROG, CliError, Output
+from jaxmlp.cli.output import EXIT_FAILED, EXIT_OK, PROG, CliError, Output
 
 SUMMARY = "train many configurations at once: a grid or a random search"
 DESCRIPTION = (
@@ -541,6 +541,19 @@ def _sweep(args, sweep_dir: Path, configs, swept, keys, grid, ranges, out: Outpu
             results[index] = (fitted, position)
         out.emit({"event": "stack", "stack": number, "models": len(members), "seconds": seconds})
     best = _best_row(rows, configs[0].monitor)
+    if rows[best]["best_epoch"] is None:  # every configuration diverged in its first epoch
+        runs.write_json(
+            sweep_dir / RESULTS_FILE,
+            {"best": None, "keys": keys, "monitor": configs[0].monitor, "results": rows},
+        )
+        _write_csv(sweep_dir / CSV_FILE, rows, keys)
+        out.table(_table(rows, keys, best=-1))
+        out.note(
+            f"error: every configuration diverged (a non-finite loss or gradient in its first "
+            f"epoch), so there is no best run; results in {sweep_dir / RESULTS_FILE}; try lower "
+            "learning rates"
+        )
+        return EXIT_FAILED
     best_dir = _write_best(
         sweep_dir, configs[best], results[best], n_train, data_cache, getattr(args, "argv", None)
     )
