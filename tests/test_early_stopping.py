@@ -372,3 +372,23 @@ def test_without_early_stopping_the_same_epochs_train_alike_and_the_best_is_kept
     metrics = _read(tmp_path / "plain", "metrics.json")
     assert metrics["stopped_early"] is False and metrics["test_epoch"] == best
     assert "early stopping" not in out
+
+
+def test_a_run_that_lost_its_best_checkpoint_falls_back_to_the_last_with_a_warning(
+    stopped, capsys, tmp_path
+):
+    """As a run trained before the best epoch was kept out of the rotation."""
+    run_dir = tmp_path / "old"
+    shutil.copytree(stopped[0], run_dir)
+    metrics = _read(run_dir, "metrics.json")
+    best, last = metrics["best_epoch"], metrics["epochs_trained"]
+    shutil.rmtree(run_dir / "checkpoints" / str(best))
+    code, out, err = run(capsys, "evaluate", run_dir, "--no-plots", "--json")
+    assert code == 0, err
+    assert f"the best epoch of {run_dir}, {best}" in err and f"epoch {last}" in err
+    assert (json.loads(out)["epoch"], json.loads(out)["epoch_choice"]) == (last, "last")
+    code, out, err = train(capsys, run_dir, *STOPPING)
+    assert code == 0, err
+    assert "has no checkpoint kept; scoring the last one" in err
+    assert f"at epoch {last};" in out
+    assert _read(run_dir, "metrics.json")["test_epoch"] == last

@@ -401,16 +401,23 @@ def _best_summary(config: RunConfig, history) -> dict[str, Any]:
     return summary
 
 
-def _best_state(run: TrainRun, state, history):
+def _best_state(run: TrainRun, state, history, out: Output):
     """``(state, epoch)`` to score: the best epoch's, restored from its checkpoint (which the
-    rotation kept), or the last one's without validation data."""
+    rotation kept), or the last one's without validation data, or with a warning when a run
+    trained before the best epoch was kept has lost it."""
     from jaxmlp import checkpoints
 
     best, last = runs.best_epoch(run.config, history), history[-1]["epoch"]
     if best is None or best == last:
         return state, last
-    restored = checkpoints.restore(run.run_dir / runs.CHECKPOINT_DIR, state, epoch=best)
-    return restored.state, best
+    directory = run.run_dir / runs.CHECKPOINT_DIR
+    if best not in checkpoints.list_steps(directory):
+        out.note(
+            f"warning: the best epoch of {run.run_dir}, {best}, has no checkpoint kept; "
+            f"scoring the last one, epoch {last}"
+        )
+        return state, last
+    return checkpoints.restore(directory, state, epoch=best).state, best
 
 
 def _finish(args, run: TrainRun, state, history, data, out: Output) -> int:
@@ -418,7 +425,7 @@ def _finish(args, run: TrainRun, state, history, data, out: Output) -> int:
     metrics.json and the final line of a finished run."""
     config, run_dir = run.config, run.run_dir
     ds, _, _, test = data
-    state, scored = _best_state(run, state, history)
+    state, scored = _best_state(run, state, history, out)
     scores = score_test_set(state, test, ds.class_names, run_dir, plots=not args.no_plots)
     if not args.no_plots:
         from jaxmlp import plots as plotlib
@@ -441,7 +448,11 @@ def _finish(args, run: TrainRun, state, history, data, out: Output) -> int:
     }
     runs.write_json(run_dir / runs.METRICS_FILE, summary)
     trained = best["epochs_trained"]
-    of = f"the best epoch {scored} of {trained}" if best["best_epoch"] else f"epoch {scored}"
+    of = (
+        f"the best epoch {scored} of {trained}"
+        if scored == best["best_epoch"]
+        else f"epoch {scored}"
+    )
     out.result(
         f"test accuracy {100 * scores['test_accuracy']:.2f}% ({scores['correct']}/"
         f"{scores['count']}), test loss {scores['test_loss']:.4f} at {of}; {trained} epochs "
