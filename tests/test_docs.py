@@ -144,6 +144,26 @@ def test_the_command_reference_has_every_subcommand_and_option():
     assert reference.count("```text") == len(subcommands) + 1
 
 
+# Flags of other programs that the manual pages mention: tensorboard, ruff, the experiments'
+# and benchmarks' own commands, XLA_FLAGS.
+OTHER_PROGRAMS_FLAGS = {"--logdir", "--check", "--only", "--part", "--quick", "--task", "--xla"}
+
+
+@pytest.mark.parametrize(
+    "page",
+    ["cli/index.md", "getting-started.md", *(f"how-to/{p.name}" for p in DOCS.glob("how-to/*.md"))],
+)
+def test_every_flag_a_manual_page_names_is_an_option_of_the_command(page):
+    options = {
+        o
+        for sub in pages.subcommands(build_parser()).values()
+        for a in sub._actions
+        for o in a.option_strings
+    }
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (DOCS / page).read_text()))
+    assert named - options - OTHER_PROGRAMS_FLAGS == set()
+
+
 def test_every_public_module_has_an_api_page_and_private_ones_none():
     modules = pages.public_modules()
     assert {"jaxmlp", "jaxmlp.data", "jaxmlp.multi", "jaxmlp.cli.parser"} <= set(modules)
