@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from cli_support import history_epochs, require_mnist, restore_final, small_run
 
+import jaxmlp
 from jaxmlp import checkpoints
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import runs
@@ -135,7 +136,9 @@ def test_kill_9_at_five_random_moments_then_resume_matches_an_uninterrupted_run(
     )
     assert final.returncode == 0, final.stderr
     assert history_epochs(run_dir) == list(range(1, epochs + 1))
-    assert _restore_each(run_dir, tmp_path) == ([epochs - 1, epochs], [])
+    # keep_checkpoints=2 keeps the two newest epochs, and the best epoch is never rotated out.
+    best = jaxmlp.best_epoch(json.loads((run_dir / "history.json").read_text()))
+    assert _restore_each(run_dir, tmp_path) == (sorted({best, epochs - 1, epochs}), [])
     a, b = restore_final(tmp_path / "straight"), restore_final(run_dir)
     assert a.epoch == b.epoch == epochs
     for u, v in zip(
@@ -203,7 +206,9 @@ def test_soak_100_epochs_without_leaking_file_handles_or_sizeable_memory(soak):
     run_dir, samples, rss = soak
     assert sorted(samples) == list(range(1, 101))
     assert history_epochs(run_dir) == list(range(1, 101))
-    assert checkpoints.list_steps(run_dir / "checkpoints") == [98, 99, 100]
+    # The three newest epochs, and the best one, which is never rotated out.
+    best = jaxmlp.best_epoch(json.loads((run_dir / "history.json").read_text()))
+    assert checkpoints.list_steps(run_dir / "checkpoints") == sorted({best, 98, 99, 100})
     # No file handle is leaked per epoch.
     assert max(s["fds"] for e, s in samples.items() if e >= 5) <= samples[5]["fds"]
     # No per-epoch copy of anything sizeable survives: the dataset is 3 MiB and the train state
