@@ -16,12 +16,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def is_traced(value: Any) -> bool:
     """True for an abstract value inside a ``jit`` / ``vmap`` / ``grad`` trace."""
-    return isinstance(value, jax.core.Tracer)
+    return isinstance(value, Tracer)
 
 
 def is_static_zero(value: Any) -> bool:
@@ -133,8 +135,8 @@ def check_key(argument: str, key: Any, *, optional: bool = False) -> None:
     if key is None and optional:
         return
     dtype = getattr(key, "dtype", None)
-    shape = tuple(np.shape(key)) if dtype is not None else None
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    shape = tuple(np.shape(key)) if dtype is not None and key is not None else None
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
         if shape == ():
             return
     elif dtype is not None and np.dtype(dtype) == np.uint32 and shape == (2,):

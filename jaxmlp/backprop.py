@@ -117,8 +117,9 @@ def backward_pass(
     deltas = [delta]
     for index in range(len(params) - 1, 0, -1):
         delta = delta @ params[index]["w"].T
-        if masks[index] is not None:
-            delta = delta * masks[index]
+        mask = masks[index]
+        if mask is not None:
+            delta = delta * mask
         delta = delta * phi.derivative(pre_activations[index - 1])
         deltas.append(delta)
     return deltas[::-1]

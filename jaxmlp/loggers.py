@@ -156,7 +156,8 @@ class TensorBoardLogger:
         self._writer = _summary_writer(self.logdir, first_epoch)
         if self.hparams:
             _, session_start, _ = summary.hparams(self.hparams, {})
-            self._writer.file_writer.add_summary(session_start)
+            # SummaryWriter opens its file_writer in __init__; only close() sets it to None.
+            self._writer.file_writer.add_summary(session_start)  # pyright: ignore[reportOptionalMemberAccess]
         return self._writer
 
     def _learning_rate_of(self, state: TrainState) -> float | None:
@@ -189,7 +190,8 @@ class TensorBoardLogger:
             from tensorboardX import summary
 
             _, _, session_end = summary.hparams(self.hparams, {})
-            self._writer.file_writer.add_summary(session_end)
+            # Not closed yet, so its file_writer is open (see _open).
+            self._writer.file_writer.add_summary(session_end)  # pyright: ignore[reportOptionalMemberAccess]
         self._writer.close()
         self._writer = None
 
@@ -218,7 +220,7 @@ def _injected_learning_rate(opt_state) -> float | None:
     """The learning rate held by the one ``optax.inject_hyperparams`` state in ``opt_state``
     (the rate its last update used), or None if there is none or more than one."""
     injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-    found = [
+    found: list[Any] = [  # a scalar array each
         node.hyperparams["learning_rate"]
         for node in jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, injected))
         if isinstance(node, injected) and "learning_rate" in node.hyperparams

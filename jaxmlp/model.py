@@ -6,7 +6,7 @@ Parameters are a list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -100,8 +100,8 @@ def init_mlp(
     return params
 
 
-def layer_sizes_of(params: Params) -> tuple[int, ...]:
-    """The ``layer_sizes`` a parameter list was built with."""
+def layer_sizes_of(params: Sequence[Mapping[str, Any]]) -> tuple[int, ...]:
+    """The ``layer_sizes`` a parameter list (of JAX or NumPy arrays) was built with."""
     return (params[0]["w"].shape[0], *(layer["w"].shape[1] for layer in params))
 
 
@@ -248,8 +248,9 @@ def forward_pass(
     layer_inputs, pre_activations = [], []
     a = x
     for index, layer in enumerate(params):
-        if masks[index] is not None:
-            a = a * masks[index]
+        mask = masks[index]
+        if mask is not None:
+            a = a * mask
         layer_inputs.append(a)
         z = a @ layer["w"] + layer["b"][None, :]
         pre_activations.append(z)

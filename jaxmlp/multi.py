@@ -242,9 +242,11 @@ def stackable_optimizer(
         )
     static = {k: v for k, v in settings.hyperparameters().items() if k not in traced}
     schedule = settings.learning_rate_schedule(total_steps)
-    unit = None
-    if "learning_rate" in traced and callable(schedule):
-        unit = _unit_schedule(settings, total_steps)
+    unit = (
+        _unit_schedule(settings, total_steps)
+        if "learning_rate" in traced and callable(schedule)
+        else None
+    )
 
     def make(
         learning_rate, momentum=None, b1=None, b2=None, eps=None, decay=None, weight_decay=None
@@ -263,7 +265,8 @@ def stackable_optimizer(
         elif unit is None:
             rate = learning_rate
         else:
-            rate = lambda count: learning_rate * unit(count)  # noqa: E731
+            scale = unit
+            rate = lambda count: learning_rate * scale(count)  # noqa: E731
         return optimizer(settings.optimizer, rate, **static, **given)
 
     initial = {name: getattr(settings, name) for name in traced}
@@ -298,8 +301,9 @@ def set_optimizer_hyperparams(state: TrainState, **values: float) -> TrainState:
       ValueError: the optimizer state holds no such hyperparameter.
     """
     check_state(state)
-    opt_state = state.opt_state
-    held = getattr(opt_state, "hyperparams", None)
+    # Duck-typed: an optax.inject_hyperparams state (a NamedTuple with hyperparams), if any.
+    opt_state: Any = state.opt_state
+    held: Any = getattr(opt_state, "hyperparams", None)
     missing = sorted(set(values) - set(held or {}))
     if missing:
         raise ValueError(

@@ -151,7 +151,7 @@ def reduce_on_plateau(
 def plateau_scale(opt_state) -> float | None:
     """The learning-rate multiplier a :func:`reduce_on_plateau` in ``opt_state`` has reached
     (1.0 until its first reduction), or None if it holds none."""
-    found = [
+    found: list[Any] = [  # a scalar array each
         node.scale
         for node in jax.tree.leaves(
             opt_state, is_leaf=lambda node: isinstance(node, contrib.ReduceLROnPlateauState)

@@ -100,7 +100,10 @@ def initialize_distributed(
     )
 
 
-def data_parallel_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+# jax.Device is an alias of jaxlib's compiled class, assigned at import: pyright sees a variable.
+def data_parallel_mesh(
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]
+) -> Mesh:
     """A one-axis mesh named ``"data"`` over ``devices`` (default: every device of every
     process, ``jax.devices()``), for :func:`jaxmlp.train_epoch` / :func:`jaxmlp.fit`."""
     if devices is None:

@@ -61,8 +61,9 @@ files and the directory fsynced, and only then renamed to ``<dir>/<epoch>``: a n
 directory is complete by construction, and a save killed part-way leaves a ``.tmp-`` directory
 that is never listed and that the next save removes. Old steps beyond ``keep`` (but not those
 of ``also_keep``, such as the best epoch) are first renamed to a hidden ``.deleting-`` name and
-then deleted, so a kill mid-deletion never leaves a half step listed either. A checkpoint that cannot be read or whose bytes do not match its sha256 is
-skipped in favour of the previous one (:func:`restore_latest` reports which were skipped).
+then deleted, so a kill mid-deletion never leaves a half step listed either. A checkpoint that
+cannot be read or whose bytes do not match its sha256 is skipped in favour of the previous one
+(:func:`restore_latest` reports which were skipped).
 
 The package's modules: ``_states`` (a train state per epoch), ``_params`` (parameters alone)
 and ``_common`` (checksums, error messages, argument checks); files are written through

@@ -161,7 +161,9 @@ def save(
         _remove_leftovers(directory)
         tmp.mkdir()
         # Each file is fsynced, and so is tmp (atomic_write syncs the folder it writes in).
-        atomic_write(tmp / ARRAYS_FILE, lambda f: np.savez(f, **dict(named)))
+        # Any: numpy's stub would read a leaf named allow_pickle as that flag; none is.
+        arrays: dict[str, Any] = dict(named)
+        atomic_write(tmp / ARRAYS_FILE, lambda f: np.savez(f, **arrays))
         atomic_write(tmp / META_FILE, lambda f: f.write(text.encode("utf-8")))
         if final.exists():
             # A step saved earlier and then abandoned (the run fell back past it): replace it.

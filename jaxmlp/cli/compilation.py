@@ -37,7 +37,8 @@ def use_compilation_cache(enabled: bool = True) -> Path | None:
     its compile: an epoch's compile is seconds on a CPU, the evaluation's a fraction of one."""
     import jax
 
-    own = jax.config.jax_compilation_cache_dir
+    # jax's Config defines its flags as attributes at run time, out of a type checker's sight.
+    own = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
     if own:
         return Path(own)
     location = cache_location(enabled)

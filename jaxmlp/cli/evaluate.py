@@ -30,7 +30,7 @@ def score_test_set(
 
     images, labels = test
     scores = jaxmlp.evaluate(state, images, labels)
-    pred = jaxmlp.predict(state, images)
+    pred = np.asarray(jaxmlp.predict(state, images))  # already NumPy outside a trace
     matrix = metriclib.confusion_matrix(labels, pred, len(class_names))
     metrics = metriclib.per_class_metrics(matrix)
     if plots and run_dir is not None:

@@ -125,7 +125,7 @@ def _add_compilation_cache_option(parser) -> None:
     )
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return common

@@ -310,7 +310,7 @@ def _traced_keys(config: RunConfig) -> set[str]:
     from jaxmlp import multi
     from jaxmlp.training import TRACED_OPTIONS
 
-    keys = set(INITIAL_KEYS) | set(TRACED_OPTIONS)
+    keys: set[str] = set(INITIAL_KEYS) | set(TRACED_OPTIONS)
     if config.schedule in multi.SCHEDULES_WITH_TRACED_NUMBERS:
         keys |= {
             k for k in multi.STACKABLE_OPTIMIZER_HYPERPARAMETERS if getattr(config, k) is not None

@@ -19,7 +19,7 @@ import dataclasses
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import runs
@@ -112,7 +112,7 @@ def calibrated(config: RunConfig) -> RunConfig:
 
     n_train = runs.train_size(config)
     sigma = privacy.noise_multiplier_for_epsilon(
-        target_epsilon=config.dp_target_epsilon,
+        target_epsilon=cast(float, config.dp_target_epsilon),  # called only with a target
         sampling_rate=config.batch_size / n_train,
         steps=config.epochs * runs.steps_per_epoch(config, n_train),
         delta=config.dp_delta,
@@ -322,7 +322,9 @@ def _fit(run: TrainRun, state, history: list, data, mesh, out: Output, *, events
                 validation_data=validation,
                 on_epoch_end=_epoch_writer(run, history, bar, stop, out, logger),
                 progress=bar,
-                on_step=None if config.log_every_steps is None else logger.on_step,
+                on_step=None
+                if config.log_every_steps is None or logger is None
+                else logger.on_step,
                 log_every_steps=config.log_every_steps or 50,
                 early_stopping_patience=config.early_stopping_patience,
                 monitor=config.monitor,

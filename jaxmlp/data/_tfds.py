@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def tfds_arrays(name: str, data_dir: str | os.PathLike[str] | None) -> dict[str,
     except ImportError as e:
         raise DataNotFoundError(f"source='tfds' needs tensorflow-datasets ({e})") from e
     tfds_name = DATASETS[name].tfds_name
-    kwargs = {} if data_dir is None else {"data_dir": os.fspath(data_dir)}
+    kwargs: dict[str, Any] = {} if data_dir is None else {"data_dir": os.fspath(data_dir)}
     arrays: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         try:
@@ -109,11 +110,8 @@ def prepare_tfds(
         manual_dir = folders.pop()
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(
-        spec.tfds_name,
-        file_format="array_record",
-        **({} if data_dir is None else {"data_dir": os.fspath(data_dir)}),
-    )
+    kwargs: dict[str, Any] = {} if data_dir is None else {"data_dir": os.fspath(data_dir)}
+    builder = tfds.builder(spec.tfds_name, file_format="array_record", **kwargs)
     if download_dir is None:
         download_dir = Path(builder.data_dir_root) / "downloads" / f"jaxmlp-{spec.tfds_name}"
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))

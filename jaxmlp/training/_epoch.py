@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,10 @@ def steps_per_epoch(n_examples: int, batch_size: int, batch_sampling: str = "shu
     return -(-n_examples // batch_size)
 
 
-def constrain_batch(mesh, *arrays):
+def constrain_batch(mesh: jax.sharding.Mesh | None, *arrays: Array | None) -> tuple[Any, ...]:
     """Shard each array's leading (batch) axis over the mesh's ``data`` axis; the compiler then
-    splits the step's work across devices and inserts the all-reduce of the gradients."""
+    splits the step's work across devices and inserts the all-reduce of the gradients. Returns
+    the arrays in order (a None stays None)."""
     if mesh is None:
         return arrays
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -111,7 +112,7 @@ def run_epoch(
     progress,
     progress_every,
     mesh,
-    on_step=None,
+    on_step: Callable[..., None] | None = None,
     log_every_steps: int = 50,
 ):
     """One epoch's ``lax.scan`` over its batches; the body is the same for every way of
@@ -151,10 +152,11 @@ def run_epoch(
             )
         count = jnp.asarray(batch_size, images.dtype) if weights is None else jnp.sum(weights)
         if on_step is not None:
+            callback = on_step
             jax.lax.cond(
                 state.step % log_every_steps == 0,
                 lambda: jax.debug.callback(
-                    on_step, state.step, loss, correct / jnp.maximum(count, 1)
+                    callback, state.step, loss, correct / jnp.maximum(count, 1)
                 ),
                 lambda: None,
             )
@@ -176,7 +178,7 @@ def run_epoch(
     }
     if poisson:
         metrics["examples"] = jnp.sum(counts)
-        metrics["dropped_examples"] = jnp.sum(sums[3])
+        metrics["dropped_examples"] = jnp.sum(sums[-1])  # the fourth sum, only for Poisson
     return state, metrics
 
 

@@ -84,7 +84,7 @@ without its checks: ``{"loss", "correct"}`` as arrays."""
 
 def evaluate(
     model: TrainState | Params,
-    images: Float[Array, "n features"],
+    images: Float[Array | np.ndarray, "n features"],
     labels: Int[Array, " n"],
     *,
     options: ModelOptions | None = None,
@@ -142,7 +142,7 @@ prediction_program = jax.jit(_predictions, static_argnames="activation")
 
 def predict(
     model: TrainState | Params,
-    images: Float[Array, "n features"],
+    images: Float[Array | np.ndarray, "n features"],
     *,
     options: ModelOptions | None = None,
     activation: str | None = None,
@@ -169,7 +169,7 @@ probability_program = jax.jit(_probabilities, static_argnames=("activation", "ou
 
 def probabilities(
     model: TrainState | Params,
-    images: Float[Array, "n features"],
+    images: Float[Array | np.ndarray, "n features"],
     *,
     options: ModelOptions | None = None,
 ) -> np.ndarray | Array:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import optax
@@ -154,7 +154,7 @@ def best_epoch(
         if monitor not in record:
             continue
         value = sign * float(record[monitor])
-        if best is None or value - min_delta > best_value:
+        if best_value is None or value - min_delta > best_value:
             best, best_value = record["epoch"], value
     return best
 
@@ -353,26 +353,33 @@ def fit(
         return state, history
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
+        # The casts here and below: jax types neither device_put's nor a compiled program's
+        # outputs (they have the structure of the inputs and of the traced function's outputs).
+        placed = jax.device_put((state, x_train, y_train), replicated)
+        state, x_train, y_train = cast(tuple[TrainState, Any, Any], placed)
 
     first_epoch = history[-1]["epoch"] + 1 if history else 1
     current = {"epoch": first_epoch}
     hook = None
     if progress is not None:
 
-        def hook(done, total):
+        def progress_hook(done, total):
             progress(current["epoch"], int(done), int(total))
+
+        hook = progress_hook
 
     step_hook = None
     if on_step is not None:
 
-        def step_hook(step, loss, accuracy):
+        def on_step_hook(step, loss, accuracy):
             record = {
                 "epoch": current["epoch"],
                 "step_loss": float(loss),
                 "step_accuracy": float(accuracy),
             }
             on_step(int(step), record)
+
+        step_hook = on_step_hook
 
     steps = steps_per_epoch(x_train.shape[0], batch_size, state.options.batch_sampling)
     start = time.perf_counter()
@@ -393,7 +400,7 @@ def fit(
         current["epoch"] = epoch
         start = time.perf_counter()
         before = state  # not donated: the fallback after a divergence
-        state, metrics = compiled(state, x_train, y_train)
+        state, metrics = cast(tuple[TrainState, Any], compiled(state, x_train, y_train))
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         _raise_if_diverged(metrics, epoch, before, history)

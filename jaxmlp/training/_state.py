@@ -17,8 +17,7 @@ from jaxmlp.model import INITS, DropoutRate, Params, init_mlp, layer_sizes_of
 from jaxmlp.training._options import ModelOptions
 
 
-@flax.struct.dataclass
-class TrainState:
+class TrainState(flax.struct.PyTreeNode):
     """Everything that changes during training, as one immutable pytree.
 
     ``key`` holds raw ``uint32`` key data (``jax.random.key_data``) so that a checkpoint is a

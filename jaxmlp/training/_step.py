@@ -3,6 +3,8 @@ update."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -74,22 +76,25 @@ def private_loss_and_grads(
     / B + l2 W``, with the clipped sum by the options' gradient method (see
     :func:`jaxmlp.per_example.clipped_grad_sum`). ``B`` is ``lot_size`` (Poisson sampling: the
     expected batch size), else the number of (unmasked) examples."""
+    # A DP-SGD step's options have a clip norm (that is what clips_gradients means).
+    clip_norm = cast(float, options.dp_clip_norm)
     clipped = clipped_grad_sum(
         options.loss,
         params,
         x,
         labels,
-        clip_norm=options.dp_clip_norm,
+        clip_norm=clip_norm,
         method=options.gradient,
         key=dropout_key,
         weights=weights,
     )
     if lot_size is None:
         lot_size = x.shape[0] if weights is None else jnp.maximum(jnp.sum(weights), 1)
-    sigma = options.dp_noise_multiplier * options.dp_clip_norm
+    sigma = options.dp_noise_multiplier * clip_norm
     leaves, treedef = jax.tree.flatten(clipped.total)
     if sigma:
-        keys = jax.random.split(noise_key, len(leaves))
+        # Nonzero noise: optimizer_step drew noise_key.
+        keys = jax.random.split(cast(PRNGKeyArray, noise_key), len(leaves))
         leaves = [
             leaf + sigma * jax.random.normal(k, leaf.shape, leaf.dtype)
             for leaf, k in zip(leaves, keys, strict=True)
@@ -127,11 +132,17 @@ def optimizer_step(
     augment_key = dropout_key = None
     if options.needs_key:
         augment_key, dropout_key = jax.random.split(step_key)
+    # Below, each use of a key is under an option that makes needs_key true, so it was drawn:
+    # the casts say so to the type checker.
     if options.augments:
-        x = augment_images(x, augment_key, options)
+        x = augment_images(x, cast(PRNGKeyArray, augment_key), options)
     loss_dropout_key = dropout_key if options.uses_dropout else None
     if options.clips_gradients:
-        noise_key = jax.random.fold_in(dropout_key, 2) if options.dp_noise_multiplier else None
+        noise_key = (
+            jax.random.fold_in(cast(PRNGKeyArray, dropout_key), 2)
+            if options.dp_noise_multiplier
+            else None
+        )
         loss, grads, logits = private_loss_and_grads(
             options,
             state.params,
@@ -152,7 +163,7 @@ def optimizer_step(
             state.params,
             x,
             logits,
-            key=jax.random.fold_in(dropout_key, 1),
+            key=jax.random.fold_in(cast(PRNGKeyArray, dropout_key), 1),
             dropout_key=loss_dropout_key,
             weights=weights,
         )
@@ -162,7 +173,7 @@ def optimizer_step(
     # reads); transformations without extra arguments ignore it.
     optimizer = optax.with_extra_args_support(state.optimizer)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
+    params = cast(Params, optax.apply_updates(state.params, updates))  # the same structure
     if options.max_norm is not None:
         params = clip_max_norm(params, options.max_norm)
     # Running accuracy from the training forward pass itself (with its dropout), as the
