@@ -45,8 +45,8 @@ def atomic_write(
     when ``make_parents``. Permissions are 0644 (a temporary file starts private).
 
     Raises:
-      OSError: the folder or the file cannot be written; no temporary file is left and an
-        existing ``path`` is unchanged. Exceptions raised by ``write`` propagate likewise.
+        OSError: the folder or the file cannot be written; no temporary file is left and an
+            existing ``path`` is unchanged. Exceptions raised by ``write`` propagate likewise.
     """
     path = Path(path)
     if make_parents:

@@ -23,11 +23,11 @@ def option(
     """A dataclass field with its command-line documentation.
 
     Args:
-      default: the field's default value.
-      help: one line for ``--help``.
-      group: the ``--help`` section: ``data``, ``model``, ``reg``, ``opt`` or ``run``.
-      choices: the valid values of a string option (the tuple the library itself uses).
-      metavar: the placeholder shown in ``--help``.
+        default: the field's default value.
+        help: one line for ``--help``.
+        group: the ``--help`` section: ``data``, ``model``, ``reg``, ``opt`` or ``run``.
+        choices: the valid values of a string option (the tuple the library itself uses).
+        metavar: the placeholder shown in ``--help``.
     """
     return dataclasses.field(
         default=default,

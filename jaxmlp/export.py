@@ -97,19 +97,19 @@ def to_onnx(
     ``layer{i}.w`` and ``layer{i}.b``. It is checked with ``onnx.checker.check_model``.
 
     Args:
-      params: as returned by :func:`jaxmlp.init_mlp`, layers ``{"w": (n_in, n_out),
-        "b": (n_out,)}``.
-      activation: the hidden nonlinearity the parameters were trained with.
-      metadata: the model's ``metadata_props``, key to value; strings are stored as they are,
-        other values as JSON (``[784, 256, 10]``).
+        params: as returned by :func:`jaxmlp.init_mlp`, layers ``{"w": (n_in, n_out),
+            "b": (n_out,)}``.
+        activation: the hidden nonlinearity the parameters were trained with.
+        metadata: the model's ``metadata_props``, key to value; strings are stored as they are,
+            other values as JSON (``[784, 256, 10]``).
 
     Returns:
-      An ``onnx.ModelProto`` with input ``images`` float32 (batch, n_in), the batch dimension
-      dynamic, and output ``scores`` float32 (batch, n_out): the logits, as
-      :func:`jaxmlp.forward` gives them.
+        An ``onnx.ModelProto`` with input ``images`` float32 (batch, n_in), the batch dimension
+        dynamic, and output ``scores`` float32 (batch, n_out): the logits, as
+        :func:`jaxmlp.forward` gives them.
 
     Raises:
-      ImportError: the ``onnx`` package is not installed (the message says how to install it).
+        ImportError: the ``onnx`` package is not installed (the message says how to install it).
     """
     layers = _float32_layers(params, activation)
     onnx = _import_onnx()
@@ -195,10 +195,10 @@ def to_jax_export(
     ``jax.export.deserialize(blob).call(images)``, without jaxmlp.
 
     Args:
-      params: as returned by :func:`jaxmlp.init_mlp`.
-      activation: the hidden nonlinearity the parameters were trained with.
-      platforms: the platforms the program is lowered for (``"cpu"``, ``"cuda"``, ``"rocm"``,
-        ``"tpu"``); it runs on any of them.
+        params: as returned by :func:`jaxmlp.init_mlp`.
+        activation: the hidden nonlinearity the parameters were trained with.
+        platforms: the platforms the program is lowered for (``"cpu"``, ``"cuda"``, ``"rocm"``,
+            ``"tpu"``); it runs on any of them.
     """
     layers = _float32_layers(params, activation)
     constants = [{name: jnp.asarray(array) for name, array in layer.items()} for layer in layers]

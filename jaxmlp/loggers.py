@@ -72,26 +72,26 @@ class TensorBoardLogger:
     flushed after every epoch, so a dashboard follows a running job.
 
     Args:
-      logdir: the folder of this run's event files, created at the first epoch written (a
-        logger that writes nothing leaves nothing behind). A later logger of the same folder
-        adds a file to the same run, as a resumed run does; events that folder already holds at
-        or after the first epoch this logger writes (from a run that crashed after logging
-        them) are hidden by TensorBoard (tensorboardX's ``purge_step``).
-      hparams: the run's hyperparameters for TensorBoard's HParams dashboard: a dict of str,
-        bool and numbers; a list or tuple is written as a string (``"[512, 256]"``) and a None
-        value is left out. They are written as the hparams plugin's session start with the
-        first epoch (so a running or interrupted run is listed too) and its session end at
-        :meth:`close`. There the metrics columns are the run's scalars, their last value
-        (TensorBoard infers them; no experiment summary is written, which would fix the columns
-        to those of the one run it came from).
-      learning_rate: the learning rate the optimizer was built with: a number, or a schedule
-        (a function of the optimizer step count, as :func:`jaxmlp.schedule` and optax return).
-        The ``learning_rate`` scalar is the rate of the epoch's last optimizer step,
-        ``learning_rate(state.step - 1)``. Without it, the one ``optax.inject_hyperparams``
-        learning rate in ``state.opt_state`` is written (the same value); without either, the
-        scalar is left out: an optax optimizer keeps its schedule in a closure, out of reach.
-        A :func:`jaxmlp.optimizers.reduce_on_plateau` in the optimizer state multiplies it by
-        the scale it has reached.
+        logdir: the folder of this run's event files, created at the first epoch written (a
+            logger that writes nothing leaves nothing behind). A later logger of the same folder
+            adds a file to the same run, as a resumed run does; events that folder already holds at
+            or after the first epoch this logger writes (from a run that crashed after logging
+            them) are hidden by TensorBoard (tensorboardX's ``purge_step``).
+        hparams: the run's hyperparameters for TensorBoard's HParams dashboard: a dict of str,
+            bool and numbers; a list or tuple is written as a string (``"[512, 256]"``) and a None
+            value is left out. They are written as the hparams plugin's session start with the
+            first epoch (so a running or interrupted run is listed too) and its session end at
+            :meth:`close`. There the metrics columns are the run's scalars, their last value
+            (TensorBoard infers them; no experiment summary is written, which would fix the columns
+            to those of the one run it came from).
+        learning_rate: the learning rate the optimizer was built with: a number, or a schedule
+            (a function of the optimizer step count, as :func:`jaxmlp.schedule` and optax return).
+            The ``learning_rate`` scalar is the rate of the epoch's last optimizer step,
+            ``learning_rate(state.step - 1)``. Without it, the one ``optax.inject_hyperparams``
+            learning rate in ``state.opt_state`` is written (the same value); without either, the
+            scalar is left out: an optax optimizer keeps its schedule in a closure, out of reach.
+            A :func:`jaxmlp.optimizers.reduce_on_plateau` in the optimizer state multiplies it by
+            the scale it has reached.
     """
 
     def __init__(

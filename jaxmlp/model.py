@@ -63,18 +63,19 @@ def init_mlp(
     """Initialise the parameters of an MLP with the given layer sizes.
 
     Args:
-      key: a ``jax.random`` key (``jax.random.key(seed)``); the same key gives the same
-        parameters.
-      layer_sizes: ``(n_inputs, hidden..., n_outputs)``, e.g. ``(784, 256, 10)``.
-      init: ``"he"``: w ~ N(0, 2 / n_in), b = 0 (for ReLU);
-        ``"glorot"``: w ~ U(-a, a) with a = sqrt(6 / (n_in + n_out)), b = 0 (for sigmoid / tanh);
-        ``"normal"``: w ~ N(0, init_scale**2) and b ~ N(0, init_scale**2) (the MXNet text draws
-        every weight and bias this way; set biases to zero afterwards for the other texts).
-      init_scale: standard deviation for ``init="normal"``.
-      dtype: parameter dtype (``jnp.float64`` needs ``jax_enable_x64``).
+        key: a ``jax.random`` key (``jax.random.key(seed)``); the same key gives the same
+            parameters.
+        layer_sizes: ``(n_inputs, hidden..., n_outputs)``, e.g. ``(784, 256, 10)``.
+        init: ``"he"``: w ~ N(0, 2 / n_in), b = 0 (for ReLU);
+            ``"glorot"``: w ~ U(-a, a) with a = sqrt(6 / (n_in + n_out)), b = 0 (for sigmoid /
+            tanh); ``"normal"``: w ~ N(0, init_scale**2) and b ~ N(0, init_scale**2) (the MXNet
+            text draws every weight and bias this way; set biases to zero afterwards for the
+            other texts).
+        init_scale: standard deviation for ``init="normal"``.
+        dtype: parameter dtype (``jnp.float64`` needs ``jax_enable_x64``).
 
     Returns:
-      A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
+        A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
     """
     _validation.check_key("key", key)
     sizes = _validation.check_layer_sizes(layer_sizes)
@@ -195,18 +196,18 @@ def forward(
     run in Python (at trace time under a transformation).
 
     Args:
-      params: as returned by :func:`init_mlp`.
-      x: inputs of shape (batch, n_in), or one example of shape (n_in,); floating point, in the
-        parameters' dtype.
-      activation: hidden nonlinearity, one of :data:`ACTIVATIONS`.
-      dropout_rate: fraction of each hidden layer's units dropped (inverted dropout: the kept
-        ones are scaled by 1 / (1 - rate)). Applied only when ``key`` is given.
-      input_dropout_rate: the same for the input pixels (Srivastava et al. use 0.2).
-      key: PRNG key for the dropout masks; ``None`` means evaluation mode (no dropout).
+        params: as returned by :func:`init_mlp`.
+        x: inputs of shape (batch, n_in), or one example of shape (n_in,); floating point, in the
+            parameters' dtype.
+        activation: hidden nonlinearity, one of :data:`ACTIVATIONS`.
+        dropout_rate: fraction of each hidden layer's units dropped (inverted dropout: the kept
+            ones are scaled by 1 / (1 - rate)). Applied only when ``key`` is given.
+        input_dropout_rate: the same for the input pixels (Srivastava et al. use 0.2).
+        key: PRNG key for the dropout masks; ``None`` means evaluation mode (no dropout).
 
     Returns:
-      Logits of shape (batch, n_out), or (n_out,) for one example; apply
-      :func:`jaxmlp.softmax` for probabilities.
+        Logits of shape (batch, n_out), or (n_out,) for one example; apply
+        :func:`jaxmlp.softmax` for probabilities.
     """
     _validation.check_params(params)
     batched = _validation.check_inputs(params, x)

@@ -46,8 +46,8 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
     """One train state whose every leaf has a leading axis of ``len(states)``.
 
     Raises:
-      ValueError: ``states`` is empty, or the states differ in structure (optimizer, options,
-        layer sizes or dtypes), which cannot share one compiled program.
+        ValueError: ``states`` is empty, or the states differ in structure (optimizer, options,
+            layer sizes or dtypes), which cannot share one compiled program.
     """
     states = list(states)
     if not states:
@@ -217,9 +217,9 @@ def stackable_optimizer(
     itself.
 
     Raises:
-      ValueError: a name outside :data:`STACKABLE_OPTIMIZER_HYPERPARAMETERS`, one the settings
-        leave unset (optax's default is not a number jaxmlp knows), or a schedule outside
-        :data:`SCHEDULES_WITH_TRACED_NUMBERS`.
+        ValueError: a name outside :data:`STACKABLE_OPTIMIZER_HYPERPARAMETERS`, one the settings
+            leave unset (optax's default is not a number jaxmlp knows), or a schedule outside
+            :data:`SCHEDULES_WITH_TRACED_NUMBERS`.
     """
     traced = tuple(dict.fromkeys(traced))
     unknown = sorted(set(traced) - set(STACKABLE_OPTIMIZER_HYPERPARAMETERS))
@@ -298,7 +298,7 @@ def set_optimizer_hyperparams(state: TrainState, **values: float) -> TrainState:
     step, but changing it mid-run is not what this is for.
 
     Raises:
-      ValueError: the optimizer state holds no such hyperparameter.
+        ValueError: the optimizer state holds no such hyperparameter.
     """
     check_state(state)
     # Duck-typed: an optax.inject_hyperparams state (a NamedTuple with hyperparams), if any.
@@ -352,8 +352,8 @@ class StackedFit(NamedTuple):
 
 def fit(
     states: TrainState,
-    x_train,
-    y_train,
+    x_train: jax.Array | np.ndarray,
+    y_train: jax.Array | np.ndarray,
     *,
     epochs: int,
     batch_size: int,
@@ -373,16 +373,19 @@ def fit(
     state from before; the others train on.
 
     Args:
-      states: stacked train states (:func:`stack_states`).
-      x_train, y_train: the training data all models share.
-      epochs, batch_size: as for :func:`jaxmlp.fit`.
-      validation_data: optional ``(x, y)`` scored after every epoch.
-      monitor, min_delta: the best epoch's rule (:func:`jaxmlp.best_epoch`).
-      on_epoch_end: called as ``on_epoch_end(epoch, records)`` with the epoch's record of every
-        model (progress lines).
+        states: stacked train states (:func:`stack_states`).
+        x_train: the training images all models share.
+        y_train: their labels.
+        epochs: as for :func:`jaxmlp.fit`.
+        batch_size: as for :func:`jaxmlp.fit`.
+        validation_data: optional ``(x, y)`` scored after every epoch.
+        monitor: the best epoch's rule (:func:`jaxmlp.best_epoch`).
+        min_delta: the best epoch's rule (:func:`jaxmlp.best_epoch`).
+        on_epoch_end: called as ``on_epoch_end(epoch, records)`` with the epoch's record of every
+            model (progress lines).
 
     Returns:
-      A :class:`StackedFit`.
+        A :class:`StackedFit`.
     """
     epochs = _validation.check_positive_int("epochs", epochs)
     monitor, min_delta = check_monitor(monitor, min_delta)

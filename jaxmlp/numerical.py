@@ -30,17 +30,17 @@ def numerical_grad(
     """Central-difference gradient of the scalar function ``f`` at ``params``.
 
     Args:
-      f: a JAX-traceable function ``f(params, *args)`` returning a scalar, e.g.
-        ``jaxmlp.loss`` with ``args=(x, y)``, or ``lambda p: jaxmlp.loss(p, x, y, l2=0.1)``.
-      params: any pytree of floating arrays.
-      eps: the step h. 1e-4 is the texts' choice; in float32 the rounding error of f limits the
-        accuracy to about 1e-3 relative, so check gradients in float64.
-      args: further arguments of ``f``. Pass data here rather than closing over it: arrays
-        captured by ``f`` become constants that XLA folds at compile time, slowly.
-      chunk_size: how many perturbed copies are evaluated at once (memory vs speed).
+        f: a JAX-traceable function ``f(params, *args)`` returning a scalar, e.g.
+            ``jaxmlp.loss`` with ``args=(x, y)``, or ``lambda p: jaxmlp.loss(p, x, y, l2=0.1)``.
+        params: any pytree of floating arrays.
+        eps: the step h. 1e-4 is the texts' choice; in float32 the rounding error of f limits the
+            accuracy to about 1e-3 relative, so check gradients in float64.
+        args: further arguments of ``f``. Pass data here rather than closing over it: arrays
+            captured by ``f`` become constants that XLA folds at compile time, slowly.
+        chunk_size: how many perturbed copies are evaluated at once (memory vs speed).
 
     Returns:
-      A pytree like ``params`` holding the numerical gradient.
+        A pytree like ``params`` holding the numerical gradient.
     """
     _validation.check_positive("eps", eps)
     _validation.check_positive_int("chunk_size", chunk_size)

@@ -42,11 +42,11 @@ def optimizer(
     """An optax optimizer by name.
 
     Args:
-      name: one of ``sgd``, ``momentum`` (heavy ball, momentum 0.9), ``nesterov``, ``adagrad``,
-        ``rmsprop``, ``adam``, ``adamw``, ``nadam``, ``lamb``.
-      learning_rate: a positive number or an optax schedule (a function of the step count).
-      **hyperparameters: passed to the optax constructor, e.g. ``momentum=0.9``, ``b1=0.9``,
-        ``eps=1e-7``, ``initial_accumulator_value=0.0``, ``weight_decay=1e-4``.
+        name: one of ``sgd``, ``momentum`` (heavy ball, momentum 0.9), ``nesterov``, ``adagrad``,
+            ``rmsprop``, ``adam``, ``adamw``, ``nadam``, ``lamb``.
+        learning_rate: a positive number or an optax schedule (a function of the step count).
+        **hyperparameters: passed to the optax constructor, e.g. ``momentum=0.9``, ``b1=0.9``,
+            ``eps=1e-7``, ``initial_accumulator_value=0.0``, ``weight_decay=1e-4``.
 
     Update rules (optax's, with g the gradient and lr the learning rate):
       sgd w -= lr g; momentum v = mu v + g, w -= lr v; adagrad h += g^2, w -= lr g / sqrt(h + eps)
@@ -135,9 +135,9 @@ def reduce_on_plateau(
     does not count (:func:`jaxmlp.fit` refuses it with noise).
 
     Args:
-      factor: the multiplier of the learning rate on a plateau, in (0, 1).
-      patience: epochs without an improvement before a reduction, >= 1.
-      steps_per_epoch: optimizer steps per epoch (:func:`jaxmlp.steps_per_epoch`).
+        factor: the multiplier of the learning rate on a plateau, in (0, 1).
+        patience: epochs without an improvement before a reduction, >= 1.
+        steps_per_epoch: optimizer steps per epoch (:func:`jaxmlp.steps_per_epoch`).
     """
     if not 0 < factor < 1:
         raise ValueError(f"plateau_factor={factor!r} is invalid; expected 0 < plateau_factor < 1")

@@ -111,8 +111,8 @@ def noise_multiplier_for_epsilon(
     distribution of so little noise needs gigabytes, and it protects nothing worth having.
 
     Raises:
-      ValueError: the target cannot be met (even sigma = 1e4 spends more), or an argument is
-        out of range.
+        ValueError: the target cannot be met (even sigma = 1e4 spends more), or an argument is
+            out of range.
     """
     _check(None, sampling_rate, steps, delta, accountant)
     _validation.check_positive("target_epsilon", target_epsilon)

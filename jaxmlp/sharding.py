@@ -61,15 +61,15 @@ def initialize_distributed(
     """Join a multi-process JAX run (``jax.distributed.initialize``); call it first thing.
 
     Args:
-      coordinator_address: ``host:port`` of process 0, reachable from every process (e.g.
-        ``"10.0.0.1:12345"``). ``None``: taken from ``JAX_COORDINATOR_ADDRESS`` or detected
-        from the cluster environment (SLURM, Open MPI, TPU pods), as JAX does.
-      num_processes: how many processes take part (``None``: detected likewise).
-      process_id: this process's rank in ``[0, num_processes)`` (``None``: detected).
-      local_device_ids: the local accelerators this process drives (``None``: all visible).
-      coordinator_bind_address: where process 0's coordinator listens (``None``: JAX's
-        default, every interface at the port of ``coordinator_address``).
-      initialization_timeout: seconds to wait for every process to connect.
+        coordinator_address: ``host:port`` of process 0, reachable from every process (e.g.
+            ``"10.0.0.1:12345"``). ``None``: taken from ``JAX_COORDINATOR_ADDRESS`` or detected
+            from the cluster environment (SLURM, Open MPI, TPU pods), as JAX does.
+        num_processes: how many processes take part (``None``: detected likewise).
+        process_id: this process's rank in ``[0, num_processes)`` (``None``: detected).
+        local_device_ids: the local accelerators this process drives (``None``: all visible).
+        coordinator_bind_address: where process 0's coordinator listens (``None``: JAX's
+            default, every interface at the port of ``coordinator_address``).
+        initialization_timeout: seconds to wait for every process to connect.
 
     On CPU the cross-process collectives go through gloo (JAX's default), so the same code
     runs several CPU processes on one machine for testing.

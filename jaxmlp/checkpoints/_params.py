@@ -58,9 +58,9 @@ def save_params(
     folders are created.
 
     Raises:
-      CheckpointError: the file cannot be written (an older file at ``path`` is intact).
-      TypeError, ValueError: ``params`` is not a parameter list; ``meta`` is not a dict of JSON
-        values or uses a reserved key.
+        CheckpointError: the file cannot be written (an older file at ``path`` is intact).
+        TypeError, ValueError: ``params`` is not a parameter list; ``meta`` is not a dict of JSON
+            values or uses a reserved key.
     """
     path = check_path("path", path)
     if isinstance(params, TrainState):
@@ -173,10 +173,10 @@ def load_params(path: str | os.PathLike[str]) -> list[dict[str, jax.Array]]:
     against the header's structure and sha256.
 
     Raises:
-      CheckpointError: there is no file at ``path``, it is not a jaxmlp params file, or it is
-        damaged (unreadable, or arrays that do not match the header or its sha256).
-      ValueError: the file holds 64-bit arrays but JAX has 64-bit types disabled (they would be
-        rounded to 32 bits); load inside ``jax.enable_x64(True)``.
+        CheckpointError: there is no file at ``path``, it is not a jaxmlp params file, or it is
+            damaged (unreadable, or arrays that do not match the header or its sha256).
+        ValueError: the file holds 64-bit arrays but JAX has 64-bit types disabled (they would be
+            rounded to 32 bits); load inside ``jax.enable_x64(True)``.
     """
     path = check_path("path", path)
     stored, header = _open_params(path)
@@ -200,7 +200,7 @@ def read_params_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     arrays are read or verified.
 
     Raises:
-      CheckpointError: there is no file at ``path``, or it is not a jaxmlp params file.
+        CheckpointError: there is no file at ``path``, or it is not a jaxmlp params file.
     """
     stored, header = _open_params(check_path("path", path))
     stored.close()

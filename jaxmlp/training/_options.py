@@ -28,58 +28,58 @@ class ModelOptions:
     config files.
 
     Attributes:
-      activation: hidden nonlinearity (``relu``, ``sigmoid``, ``tanh``, ``identity``).
-      output: ``softmax`` (cross-entropy) or ``sigmoid`` (logistic cost over one-hot targets).
-      l2: coefficient of ``0.5 * sum(w**2)`` added to the mean batch loss.
-      dropout_rate: inverted dropout on every hidden layer's output, training only.
-      input_dropout_rate: inverted dropout on the input pixels, training only.
-      max_norm: if set, after each update every unit's incoming weight vector (a column of w)
-        is rescaled to an L2 norm of at most ``max_norm`` (Srivastava et al. 2014).
-      augment_shift: if > 0, each training image (square, e.g. 28 x 28) is translated by a
-        random whole number of pixels in [-augment_shift, augment_shift] along each axis,
-        inside the compiled step, filling with the edge pixels.
-      augment_rotate: if > 0, each training image is also rotated by a random angle in
-        [-augment_rotate, augment_rotate] degrees about its centre (bilinear interpolation,
-        edge-filled), inside the compiled step.
-      augment_scale: if > 0, each training image is also zoomed by a random factor in
-        [1 - augment_scale, 1 + augment_scale] about its centre. With a rotation or a zoom the
-        shift of ``augment_shift`` is applied in the same resampling.
-      adversarial_epsilon: if > 0, adversarial training with the fast gradient sign method
-        (Goodfellow et al. 2015): each step also scores the batch moved by
-        ``adversarial_epsilon * sign(grad_x loss)`` (the same dropout mask) and descends
-        ``(1 - adversarial_weight) * loss(x) + adversarial_weight * loss(x_adv)``. Inputs are
-        not clipped, so epsilon is in the units of the inputs (``/255`` pixels: 0.1 is 25.5
-        grey levels). A regulariser, not augmentation: no prior on images is used. Needs
-        ``gradient="autodiff"``; a step costs about twice as much.
-      adversarial_weight: the weight of the adversarial term, in (0, 1]; 0.5 as in the paper.
-      vat_epsilon: if > 0, virtual adversarial training (Miyato et al. 2016): each step adds
-        ``vat_weight * KL(p(x) || p(x + r))`` to the loss, where ``p`` is the model's softmax
-        under the step's dropout masks, the clean ``p(x)`` is held fixed, and ``r`` (L2 norm
-        ``vat_epsilon`` per example, in input units) is the direction that raises the KL most,
-        found by one power iteration from a random start. It uses no labels and no prior on
-        images: a smoothness regulariser, not augmentation. Needs ``gradient="autodiff"`` and
-        ``output="softmax"``; a step costs about 2.5 times as much (two more forward and
-        backward passes, one of them to the inputs only).
-      vat_weight: the weight of the virtual adversarial term (> 0; 1.0 as in the paper).
-      gradient: ``autodiff`` (``jax.value_and_grad`` of the loss) or ``backprop`` (the
-        hand-derived backward pass); they agree to rounding.
-      dp_clip_norm: if set, differentially private SGD (Abadi et al. 2016): each example's
-        gradient of its data loss is clipped to global L2 norm ``dp_clip_norm`` (C) over all
-        weights and biases, the clipped gradients are summed, Gaussian noise N(0, sigma^2 C^2)
-        is added to every entry, and the sum is divided by the batch size; the L2 term is added
-        after, unclipped. With ``gradient="backprop"`` the clipped sum comes from the
-        hand-derived norms and one reweighted product per layer (no per-example gradient is
-        materialised, see :mod:`jaxmlp.per_example`); with ``"autodiff"`` from
-        ``jax.vmap(jax.grad)``.
-      dp_noise_multiplier: sigma, the noise's standard deviation in units of C (needs
-        ``dp_clip_norm``). 0 clips without noise (no privacy guarantee).
-      batch_sampling: ``shuffle``: each epoch a shuffled order cut into batches of
-        ``batch_size`` (every example once); ``poisson``: each step takes every example
-        independently with probability batch_size / n (the sampling the privacy accounting of
-        :mod:`jaxmlp.privacy` assumes), padded to a fixed maximum size and masked so that the
-        shapes stay static, for round(n / batch_size) steps an epoch. The DP gradient is divided
-        by the batch's size in ``shuffle`` mode and by ``batch_size`` (the expected size) in
-        ``poisson`` mode.
+        activation: hidden nonlinearity (``relu``, ``sigmoid``, ``tanh``, ``identity``).
+        output: ``softmax`` (cross-entropy) or ``sigmoid`` (logistic cost over one-hot targets).
+        l2: coefficient of ``0.5 * sum(w**2)`` added to the mean batch loss.
+        dropout_rate: inverted dropout on every hidden layer's output, training only.
+        input_dropout_rate: inverted dropout on the input pixels, training only.
+        max_norm: if set, after each update every unit's incoming weight vector (a column of w)
+            is rescaled to an L2 norm of at most ``max_norm`` (Srivastava et al. 2014).
+        augment_shift: if > 0, each training image (square, e.g. 28 x 28) is translated by a
+            random whole number of pixels in [-augment_shift, augment_shift] along each axis,
+            inside the compiled step, filling with the edge pixels.
+        augment_rotate: if > 0, each training image is also rotated by a random angle in
+            [-augment_rotate, augment_rotate] degrees about its centre (bilinear interpolation,
+            edge-filled), inside the compiled step.
+        augment_scale: if > 0, each training image is also zoomed by a random factor in
+            [1 - augment_scale, 1 + augment_scale] about its centre. With a rotation or a zoom the
+            shift of ``augment_shift`` is applied in the same resampling.
+        adversarial_epsilon: if > 0, adversarial training with the fast gradient sign method
+            (Goodfellow et al. 2015): each step also scores the batch moved by
+            ``adversarial_epsilon * sign(grad_x loss)`` (the same dropout mask) and descends
+            ``(1 - adversarial_weight) * loss(x) + adversarial_weight * loss(x_adv)``. Inputs are
+            not clipped, so epsilon is in the units of the inputs (``/255`` pixels: 0.1 is 25.5
+            grey levels). A regulariser, not augmentation: no prior on images is used. Needs
+            ``gradient="autodiff"``; a step costs about twice as much.
+        adversarial_weight: the weight of the adversarial term, in (0, 1]; 0.5 as in the paper.
+        vat_epsilon: if > 0, virtual adversarial training (Miyato et al. 2016): each step adds
+            ``vat_weight * KL(p(x) || p(x + r))`` to the loss, where ``p`` is the model's softmax
+            under the step's dropout masks, the clean ``p(x)`` is held fixed, and ``r`` (L2 norm
+            ``vat_epsilon`` per example, in input units) is the direction that raises the KL most,
+            found by one power iteration from a random start. It uses no labels and no prior on
+            images: a smoothness regulariser, not augmentation. Needs ``gradient="autodiff"`` and
+            ``output="softmax"``; a step costs about 2.5 times as much (two more forward and
+            backward passes, one of them to the inputs only).
+        vat_weight: the weight of the virtual adversarial term (> 0; 1.0 as in the paper).
+        gradient: ``autodiff`` (``jax.value_and_grad`` of the loss) or ``backprop`` (the
+            hand-derived backward pass); they agree to rounding.
+        dp_clip_norm: if set, differentially private SGD (Abadi et al. 2016): each example's
+            gradient of its data loss is clipped to global L2 norm ``dp_clip_norm`` (C) over all
+            weights and biases, the clipped gradients are summed, Gaussian noise N(0, sigma^2 C^2)
+            is added to every entry, and the sum is divided by the batch size; the L2 term is added
+            after, unclipped. With ``gradient="backprop"`` the clipped sum comes from the
+            hand-derived norms and one reweighted product per layer (no per-example gradient is
+            materialised, see :mod:`jaxmlp.per_example`); with ``"autodiff"`` from
+            ``jax.vmap(jax.grad)``.
+        dp_noise_multiplier: sigma, the noise's standard deviation in units of C (needs
+            ``dp_clip_norm``). 0 clips without noise (no privacy guarantee).
+        batch_sampling: ``shuffle``: each epoch a shuffled order cut into batches of
+            ``batch_size`` (every example once); ``poisson``: each step takes every example
+            independently with probability batch_size / n (the sampling the privacy accounting of
+            :mod:`jaxmlp.privacy` assumes), padded to a fixed maximum size and masked so that the
+            shapes stay static, for round(n / batch_size) steps an epoch. The DP gradient is divided
+            by the batch's size in ``shuffle`` mode and by ``batch_size`` (the expected size) in
+            ``poisson`` mode.
     """
 
     activation: str = option("relu", "hidden activation", group="model", choices=tuple(ACTIVATIONS))

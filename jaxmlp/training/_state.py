@@ -73,8 +73,8 @@ def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
     in ``hyperparams`` means nothing else.
 
     Raises:
-      ValueError: a name that is not in :data:`TRACED_OPTIONS`, or a value outside the option's
-        range.
+        ValueError: a name that is not in :data:`TRACED_OPTIONS`, or a value outside the option's
+            range.
     """
     check_state(state)
     unknown = sorted(set(values) - set(TRACED_OPTIONS))
