@@ -11,11 +11,11 @@ The model is a list of ``{"w", "b"}`` layers; everything else is a function of i
                                 1e-3), epochs=5, batch_size=128)
 
 Every function here works inside the caller's own ``jax.jit``, ``jax.vmap``, ``jax.grad`` and
-``lax.scan``. The submodules :mod:`jaxmlp.data` (the datasets), :mod:`jaxmlp.multi` (many
-models in one vmapped program), :mod:`jaxmlp.checkpoints`, :mod:`jaxmlp.sharding`,
-:mod:`jaxmlp.metrics`, :mod:`jaxmlp.privacy`, :mod:`jaxmlp.loggers` (TensorBoard events),
-:mod:`jaxmlp.export` (ONNX and ``jax.export``),
-:mod:`jaxmlp.plots` and :mod:`jaxmlp.images` are attributes of the package, imported on first
+``lax.scan``. The submodules [`jaxmlp.data`][] (the datasets), [`jaxmlp.multi`][] (many
+models in one vmapped program), [`jaxmlp.checkpoints`][], [`jaxmlp.sharding`][],
+[`jaxmlp.metrics`][], [`jaxmlp.privacy`][], [`jaxmlp.loggers`][] (TensorBoard events),
+[`jaxmlp.export`][] (ONNX and ``jax.export``),
+[`jaxmlp.plots`][] and [`jaxmlp.images`][] are attributes of the package, imported on first
 use so that ``import jaxmlp`` stays quick.
 """
 

@@ -2,7 +2,7 @@
 
 Run directories (``config.json``, ``history.json``, ``metrics.json``), the data cache, saved
 parameters, figures and the result files of the experiments and benchmarks are all written
-through :func:`atomic_write`: a temporary file in the destination's folder, flushed and fsynced,
+through `atomic_write`: a temporary file in the destination's folder, flushed and fsynced,
 renamed over the destination, then the folder fsynced. A reader sees the old file or the new
 one, never a part; a failed write removes its temporary file and leaves the old file intact.
 """
@@ -68,7 +68,7 @@ def atomic_write(
 
 
 def json_ready(value: Any) -> Any:
-    """A copy of ``value`` that :func:`json.dumps` accepts with ``allow_nan=False``: dict keys
+    """A copy of ``value`` that `json.dumps` accepts with ``allow_nan=False``: dict keys
     as strings, tuples as lists, NumPy / JAX scalars and arrays as Python numbers and lists,
     paths as strings, and NaN and infinities as ``None`` (JSON's null)."""
     if isinstance(value, dict):
@@ -85,6 +85,6 @@ def json_ready(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike[str], document: Any) -> Path:
-    """Write ``document`` (made :func:`json_ready`) as indented JSON, atomically."""
+    """Write ``document`` (made `json_ready`) as indented JSON, atomically."""
     text = json.dumps(json_ready(document), indent=1, allow_nan=False) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))

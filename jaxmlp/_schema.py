@@ -1,7 +1,7 @@
 """Options as frozen dataclass fields that carry their own documentation.
 
-The library's option classes (:class:`jaxmlp.ModelOptions`, :class:`jaxmlp.OptimizerSettings`)
-and the command line's run configuration declare every option once, with :func:`option`; the
+The library's option classes ([`jaxmlp.ModelOptions`][], [`jaxmlp.OptimizerSettings`][])
+and the command line's run configuration declare every option once, with `option`; the
 ``jaxmlp train`` flags and the keys of its config files are generated from these fields, so a
 name, a help text and a list of choices are written in one place.
 """

@@ -29,7 +29,7 @@ def is_traced(value: Any) -> bool:
 def is_static_zero(value: Any) -> bool:
     """True for a hyperparameter that is a plain number equal to 0, so that the term it scales
     can be left out of the compiled program. An array (a traced value: one model's own in a
-    stack, see :attr:`jaxmlp.TrainState.hyperparams`) is never left out."""
+    stack, see [`jaxmlp.TrainState.hyperparams`][]) is never left out."""
     return not isinstance(value, (jax.Array, np.ndarray)) and value == 0
 
 
@@ -68,7 +68,7 @@ def _number(value: Any) -> bool:
 
 def _hyperparameter(value: Any) -> tuple[bool, Any]:
     """``(checkable, value)`` of a hyperparameter: a traced value (one stacked model's own, see
-    :attr:`jaxmlp.TrainState.hyperparams`) is not checkable here, it was checked where it was
+    [`jaxmlp.TrainState.hyperparams`][]) is not checkable here, it was checked where it was
     made; a concrete 0-d array is checked as its number."""
     if is_traced(value) or type(value).__name__ == "DropoutRate":  # jaxmlp.model.DropoutRate
         return False, value
@@ -78,7 +78,7 @@ def _hyperparameter(value: Any) -> tuple[bool, Any]:
 
 
 def check_rate(argument: str, value: Any) -> float:
-    """A probability in [0, 1), such as a dropout rate (see :func:`_hyperparameter`)."""
+    """A probability in [0, 1), such as a dropout rate (see `_hyperparameter`)."""
     checkable, value = _hyperparameter(value)
     if not checkable:
         return value
@@ -90,7 +90,7 @@ def check_rate(argument: str, value: Any) -> float:
 
 
 def check_non_negative(argument: str, value: Any) -> float:
-    """A finite number >= 0, such as an L2 coefficient (see :func:`_hyperparameter`)."""
+    """A finite number >= 0, such as an L2 coefficient (see `_hyperparameter`)."""
     checkable, value = _hyperparameter(value)
     if not checkable:
         return value
@@ -103,7 +103,7 @@ def check_non_negative(argument: str, value: Any) -> float:
 
 def check_positive(argument: str, value: Any) -> float:
     """A finite number > 0, such as a learning rate or a step size (see
-    :func:`_hyperparameter`)."""
+    `_hyperparameter`)."""
     checkable, value = _hyperparameter(value)
     if not checkable:
         return value

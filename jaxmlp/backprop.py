@@ -45,8 +45,17 @@ def backprop(
     """``(loss, grads)`` by the hand-derived backward pass; the same values and pytree as
     ``jax.value_and_grad(jaxmlp.loss)`` with the same arguments (and the same dropout key).
 
-    Takes a batch or one example, like :func:`jaxmlp.loss`, and works inside the caller's
+    Takes a batch or one example, like [`jaxmlp.loss`][], and works inside the caller's
     ``jit`` and ``vmap`` (the options are Python values, static under ``jit``).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> x, y = jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1])
+        >>> value, grads = jaxmlp.backprop(params, x, y)
+        >>> autodiff = jax.grad(jaxmlp.loss)(params, x, y)
+        >>> round(float(value), 4), bool(jnp.allclose(grads[0]["w"], autodiff[0]["w"], atol=1e-6))
+        (0.6732, True)
     """
     options = LossOptions(
         activation=activation,
@@ -70,7 +79,8 @@ def batch_backprop(
     weights: Array | None = None,
 ) -> tuple[Array, Params, Array]:
     """``(loss, grads, logits)`` of a batch (batch, n_in) by the backward pass above: what
-    :func:`backprop` computes once its arguments are checked; it checks nothing."""
+    [`backprop`][jaxmlp.backprop.backprop] computes once its arguments are checked; it checks
+    nothing."""
     loss, masks, layer_inputs, pre_activations = scored_pass(
         options, params, x, labels, key=key, weights=weights
     )

@@ -1,6 +1,6 @@
 """A trained MLP as a file other programs run: an ONNX graph, or a serialized ``jax.export``.
 
-Both take a batch of images and give the class scores of :func:`jaxmlp.forward`: the logits,
+Both take a batch of images and give the class scores of [`jaxmlp.forward`][]: the logits,
 before the output's softmax (or sigmoid). Neither includes the pixel normalization; what the
 model expects is stated in its metadata (``metadata``), which the caller supplies::
 
@@ -53,12 +53,12 @@ __all__ = [
 INPUT_NAME = "images"
 """The ONNX model's input: float32 (batch, n_in), normalized as its metadata says."""
 OUTPUT_NAME = "scores"
-"""The ONNX model's output: float32 (batch, n_out), the logits of :func:`jaxmlp.forward`."""
+"""The ONNX model's output: float32 (batch, n_out), the logits of [`jaxmlp.forward`][]."""
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8
 """The IR version of opset 17 (onnx 1.12): files that onnxruntime 1.12 and later read."""
 ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "identity": "Identity"}
-"""The ONNX operator of each hidden activation of :data:`jaxmlp.ACTIVATIONS`."""
+"""The ONNX operator of each hidden activation of [`jaxmlp.ACTIVATIONS`][]."""
 JAX_PLATFORMS = ("cpu", "cuda")
 """Where a ``jax.export`` file runs by default: on a CPU and on an NVIDIA GPU."""
 
@@ -92,12 +92,13 @@ def to_onnx(
     """An ONNX model of the MLP's forward pass in evaluation mode (no dropout).
 
     The graph is one ``Gemm`` per layer (``z = a @ w + b``), each hidden one followed by the
-    activation's operator (:data:`ONNX_ACTIVATIONS`: ``Relu``, ``Sigmoid``, ``Tanh``,
-    ``Identity``), in opset :data:`ONNX_OPSET`; the parameters are float32 initializers named
-    ``layer{i}.w`` and ``layer{i}.b``. It is checked with ``onnx.checker.check_model``.
+    activation's operator ([`ONNX_ACTIVATIONS`][jaxmlp.export.ONNX_ACTIVATIONS]: ``Relu``,
+    ``Sigmoid``, ``Tanh``, ``Identity``), in opset ``ONNX_OPSET``; the
+    parameters are float32 initializers named ``layer{i}.w`` and ``layer{i}.b``. It is checked with
+    ``onnx.checker.check_model``.
 
     Args:
-        params: as returned by :func:`jaxmlp.init_mlp`, layers ``{"w": (n_in, n_out),
+        params: as returned by [`jaxmlp.init_mlp`][], layers ``{"w": (n_in, n_out),
             "b": (n_out,)}``.
         activation: the hidden nonlinearity the parameters were trained with.
         metadata: the model's ``metadata_props``, key to value; strings are stored as they are,
@@ -106,7 +107,7 @@ def to_onnx(
     Returns:
         An ``onnx.ModelProto`` with input ``images`` float32 (batch, n_in), the batch dimension
         dynamic, and output ``scores`` float32 (batch, n_out): the logits, as
-        :func:`jaxmlp.forward` gives them.
+        [`jaxmlp.forward`][] gives them.
 
     Raises:
         ImportError: the ``onnx`` package is not installed (the message says how to install it).
@@ -176,7 +177,7 @@ def to_onnx(
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write an ONNX model to ``path`` atomically (:func:`jaxmlp._files.atomic_write`)."""
+    """Write an ONNX model to ``path`` atomically (`jaxmlp._files.atomic_write`)."""
     data = model.SerializeToString()
     return _files.atomic_write(path, lambda f: f.write(data))
 
@@ -190,12 +191,12 @@ def to_jax_export(
     """The MLP's forward pass in evaluation mode as a ``jax.export.Exported``.
 
     The function exported is ``images (batch, n_in) float32 -> logits (batch, n_out) float32``
-    (:func:`jaxmlp.forward`), with a symbolic batch size (any ``batch >= 1``) and the float32
+    ([`jaxmlp.forward`][]), with a symbolic batch size (any ``batch >= 1``) and the float32
     parameters embedded as constants: ``exported.serialize()`` is all another process needs,
     ``jax.export.deserialize(blob).call(images)``, without jaxmlp.
 
     Args:
-        params: as returned by :func:`jaxmlp.init_mlp`.
+        params: as returned by [`jaxmlp.init_mlp`][].
         activation: the hidden nonlinearity the parameters were trained with.
         platforms: the platforms the program is lowered for (``"cpu"``, ``"cuda"``, ``"rocm"``,
             ``"tpu"``); it runs on any of them.
@@ -224,8 +225,8 @@ def save_jax_export(
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``exported.serialize()`` to ``path`` and, when ``metadata`` is given, the metadata
-    as JSON to :func:`metadata_path` (``FILE.json``; a serialized ``jax.export`` has no field of
-    its own for it). Both are written atomically; the JSON first."""
+    as JSON to [`metadata_path`][jaxmlp.export.metadata_path] (``FILE.json``; a serialized
+    ``jax.export`` has no field of its own for it). Both are written atomically; the JSON first."""
     if metadata is not None:
         _files.write_json(metadata_path(path), dict(metadata))
     data = bytes(exported.serialize())

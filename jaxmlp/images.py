@@ -3,7 +3,7 @@
 MNIST digits are light strokes on a black background, scaled so that the digit's bounding box
 fits 20 x 20 pixels and placed in a 28 x 28 frame with its centre of mass at the centre (LeCun
 et al.'s preprocessing). A photo or drawing of a digit of any size looks nothing like that
-until it gets the same treatment, so :func:`to_mnist` applies it:
+until it gets the same treatment, so [`to_mnist`][jaxmlp.images.to_mnist] applies it:
 
 1. flatten transparency onto the background and convert to 8-bit grayscale;
 2. invert when the background is light (a dark digit on paper), judged from the border pixels;
@@ -92,7 +92,7 @@ def to_mnist(gray: np.ndarray, *, invert: str = "auto", source: str = "image") -
     """A grayscale image (H, W) uint8 as a (28, 28) uint8 MNIST-style digit (light on dark).
 
     ``invert``: ``"auto"`` inverts when the border is light, ``"yes"`` always, ``"no"`` never.
-    Raises :class:`ImageError` if nothing stands out from the background.
+    Raises [`ImageError`][jaxmlp.images.ImageError] if nothing stands out from the background.
     """
     if invert not in INVERT_CHOICES:
         raise ValueError(f"invert={invert!r}; expected one of {', '.join(INVERT_CHOICES)}")
@@ -139,5 +139,6 @@ def _center_of_mass_shift(image: np.ndarray) -> np.ndarray:
 
 
 def load_digit(path: str | os.PathLike[str], *, invert: str = "auto") -> np.ndarray:
-    """An image file as a (28, 28) uint8 MNIST-style digit; see :func:`to_mnist`."""
+    """An image file as a (28, 28) uint8 MNIST-style digit; see
+    [`to_mnist`][jaxmlp.images.to_mnist]."""
     return to_mnist(read_grayscale(path), invert=invert, source=str(path))

@@ -1,5 +1,5 @@
-"""Training logs for dashboards: :class:`TensorBoardLogger` writes :func:`jaxmlp.fit`'s
-per-epoch records as TensorBoard event files.
+"""Training logs for dashboards: [`TensorBoardLogger`][jaxmlp.loggers.TensorBoardLogger] writes
+[`jaxmlp.fit`][]'s per-epoch records as TensorBoard event files.
 
 The events are written with ``tensorboardX`` (the protocol buffers and the file format, without
 TensorFlow or PyTorch); read them with ``tensorboard --logdir PARENT``, which shows every folder
@@ -36,7 +36,7 @@ out. The learning rate has the tag ``learning_rate``."""
 LEARNING_RATE_TAG = "learning_rate"
 
 STEP_TAGS = {"step_loss": "train/step_loss", "step_accuracy": "train/step_accuracy"}
-"""Step record key (of :func:`jaxmlp.fit`'s ``on_step``) -> scalar tag, at the global step."""
+"""Step record key (of [`jaxmlp.fit`][]'s ``on_step``) -> scalar tag, at the global step."""
 
 STEPS_FOLDER = "steps"
 """The sub-folder of ``logdir`` that holds the step scalars: a run of its own in TensorBoard
@@ -63,13 +63,14 @@ class TensorBoardLogger:
             state, history = jaxmlp.fit(..., on_epoch_end=log)
 
     Step scalars: ``fit(..., on_step=log.on_step, log_every_steps=50)`` also writes
-    ``train/step_loss`` and ``train/step_accuracy`` (:data:`STEP_TAGS`) every 50 optimizer
-    steps, at the global step number, into ``logdir/steps`` (:data:`STEPS_FOLDER`).
+    ``train/step_loss`` and ``train/step_accuracy`` ([`STEP_TAGS`][jaxmlp.loggers.STEP_TAGS]) every
+    50 optimizer steps, at the global step number, into ``logdir/steps``
+    ([`STEPS_FOLDER`][jaxmlp.loggers.STEPS_FOLDER]).
 
-    Each record becomes the scalars of :data:`TAGS` (``train/loss``, ``train/accuracy``,
-    ``validation/loss``, ``validation/accuracy``, ``privacy/epsilon``, ``seconds``; those the
-    record has) and ``learning_rate``, at global step = the record's ``epoch``. The writer is
-    flushed after every epoch, so a dashboard follows a running job.
+    Each record becomes the scalars of [`TAGS`][jaxmlp.loggers.TAGS] (``train/loss``,
+    ``train/accuracy``, ``validation/loss``, ``validation/accuracy``, ``privacy/epsilon``,
+    ``seconds``; those the record has) and ``learning_rate``, at global step = the record's
+    ``epoch``. The writer is flushed after every epoch, so a dashboard follows a running job.
 
     Args:
         logdir: the folder of this run's event files, created at the first epoch written (a
@@ -81,16 +82,16 @@ class TensorBoardLogger:
             bool and numbers; a list or tuple is written as a string (``"[512, 256]"``) and a None
             value is left out. They are written as the hparams plugin's session start with the
             first epoch (so a running or interrupted run is listed too) and its session end at
-            :meth:`close`. There the metrics columns are the run's scalars, their last value
-            (TensorBoard infers them; no experiment summary is written, which would fix the columns
-            to those of the one run it came from).
+            [`close`][jaxmlp.loggers.TensorBoardLogger.close]. There the metrics columns are the
+            run's scalars, their last value (TensorBoard infers them; no experiment summary is
+            written, which would fix the columns to those of the one run it came from).
         learning_rate: the learning rate the optimizer was built with: a number, or a schedule
-            (a function of the optimizer step count, as :func:`jaxmlp.schedule` and optax return).
+            (a function of the optimizer step count, as [`jaxmlp.schedule`][] and optax return).
             The ``learning_rate`` scalar is the rate of the epoch's last optimizer step,
             ``learning_rate(state.step - 1)``. Without it, the one ``optax.inject_hyperparams``
             learning rate in ``state.opt_state`` is written (the same value); without either, the
             scalar is left out: an optax optimizer keeps its schedule in a closure, out of reach.
-            A :func:`jaxmlp.optimizers.reduce_on_plateau` in the optimizer state multiplies it by
+            A [`jaxmlp.optimizers.reduce_on_plateau`][] in the optimizer state multiplies it by
             the scale it has reached.
     """
 
@@ -136,9 +137,10 @@ class TensorBoardLogger:
         self.flush()
 
     def on_step(self, step: int, record: Mapping[str, Any]) -> None:
-        """``fit``'s ``on_step``: the step record's scalars (:data:`STEP_TAGS`, those it has)
-        at global step ``step``, in ``logdir/steps``. Called from the runtime's callback thread;
-        a writer of a continued run hides that folder's events at and after its first step."""
+        """``fit``'s ``on_step``: the step record's scalars
+        ([`STEP_TAGS`][jaxmlp.loggers.STEP_TAGS], those it has) at global step ``step``, in
+        ``logdir/steps``. Called from the runtime's callback thread; a writer of a continued run
+        hides that folder's events at and after its first step."""
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise TypeError(f"step must be an int (the global optimizer step), got {step!r}")
         if not isinstance(record, Mapping):

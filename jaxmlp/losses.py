@@ -101,11 +101,12 @@ DATA_LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LossOptions:
     """What the loss of a batch depends on besides the parameters and the data: the options of
-    :func:`loss`, :func:`jaxmlp.backprop` and :mod:`jaxmlp.per_example`, checked once when built.
+    [`loss`][jaxmlp.loss], [`jaxmlp.backprop`][jaxmlp.backprop.backprop] and
+    [`jaxmlp.per_example`][], checked once when built.
 
     Frozen and hashable, so it can be a static argument of ``jax.jit``; the functions that take
-    it (:func:`batch_loss`, :func:`jaxmlp.backprop.batch_backprop`, ...) check nothing more.
-    :attr:`jaxmlp.ModelOptions.loss` is the one a train state's step uses.
+    it (`batch_loss`, `jaxmlp.backprop.batch_backprop`, ...) check nothing more.
+    [`jaxmlp.ModelOptions.loss`][] is the one a train state's step uses.
     """
 
     activation: str = "relu"
@@ -137,14 +138,23 @@ def loss(
 ) -> Float[Array, ""]:
     """Mean data loss over the batch + ``l2 * l2_penalty(params)``.
 
-    ``output="softmax"`` scores the logits with :func:`cross_entropy`, ``output="sigmoid"`` with
-    :func:`sigmoid_cross_entropy`. Dropout is applied when ``key`` is given (see
-    :func:`jaxmlp.forward`). Differentiate it with ``jax.grad``.
+    ``output="softmax"`` scores the logits with [`cross_entropy`][jaxmlp.cross_entropy],
+    ``output="sigmoid"`` with [`sigmoid_cross_entropy`][jaxmlp.sigmoid_cross_entropy]. Dropout is
+    applied when ``key`` is given (see [`jaxmlp.forward`][]). Differentiate it with ``jax.grad``.
 
     ``x`` is a batch (batch, n_in) with labels (batch,) or (batch, classes), or one example
     (n_in,) with a label of shape () or (classes,): per-example gradients are then
     ``jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, x, labels)``. Works inside the
     caller's ``jit`` / ``vmap`` / ``grad``; label values are range-checked only when concrete.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> x, y = jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1])
+        >>> round(float(jaxmlp.loss(params, x, y)), 4)
+        0.6732
+        >>> jax.grad(jaxmlp.loss)(params, x, y)[0]["w"].shape
+        (4, 3)
     """
     return loss_and_logits(
         params,
@@ -173,7 +183,7 @@ def loss_and_logits(
     key: PRNGKeyArray | None = None,
     weights: Float[Array, "*batch"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, "*batch classes"]]:
-    """:func:`loss` and, as an auxiliary output, the logits it scored: for
+    """[`loss`][jaxmlp.loss] and, as an auxiliary output, the logits it scored: for
     ``jax.value_and_grad(loss_and_logits, has_aux=True)``, which gives the loss, its gradients
     and the predictions of one forward pass."""
     options = LossOptions(
@@ -197,9 +207,9 @@ def batch_loss(
     key: PRNGKeyArray | None = None,
     weights: Array | None = None,
 ) -> tuple[Array, Array]:
-    """``(loss, logits)`` of a batch (batch, n_in): what :func:`loss_and_logits` computes once
-    its arguments are checked; it checks nothing. The dropout masks are
-    :func:`batch_masks`' for ``key``."""
+    """``(loss, logits)`` of a batch (batch, n_in): what [`loss_and_logits`][jaxmlp.loss_and_logits]
+    computes once its arguments are checked; it checks nothing. The dropout masks are
+    `batch_masks`' for ``key``."""
     scored = scored_pass(options, params, x, labels, key=key, weights=weights)
     return scored.loss, scored.pre_activations[-1]
 
@@ -210,7 +220,7 @@ class ScoredPass(NamedTuple):
     loss: Array
     """The (weighted) mean data loss, plus ``l2 * l2_penalty`` when ``l2`` is set."""
     masks: list[Array | None]
-    """The dropout masks, input first (:func:`batch_masks`)."""
+    """The dropout masks, input first (`batch_masks`)."""
     layer_inputs: list[Array]
     """Each layer's masked input a_{l-1}."""
     pre_activations: list[Array]
@@ -226,8 +236,8 @@ def scored_pass(
     key: PRNGKeyArray | None = None,
     weights: Array | None = None,
 ) -> ScoredPass:
-    """The forward pass of a batch and its loss, written once for :func:`batch_loss` and
-    :func:`jaxmlp.backprop.batch_backprop`; no checks."""
+    """The forward pass of a batch and its loss, written once for `batch_loss` and
+    `jaxmlp.backprop.batch_backprop`; no checks."""
     masks = batch_masks(options, params, x, key)
     layer_inputs, pre_activations = forward_pass(params, x, masks, activation=options.activation)
     value = DATA_LOSSES[options.output](pre_activations[-1], labels, weights=weights)
@@ -238,7 +248,7 @@ def scored_pass(
 
 def batch_masks(options: LossOptions, params: Params, x: Array, key) -> list[Array | None]:
     """The dropout masks of a forward pass over the batch ``x`` with these options and ``key``
-    (:func:`jaxmlp.model.layer_masks`; no masks without a key)."""
+    (`jaxmlp.model.layer_masks`; no masks without a key)."""
     return layer_masks(
         params,
         x.shape[0],
@@ -251,7 +261,7 @@ def batch_masks(options: LossOptions, params: Params, x: Array, key) -> list[Arr
 
 def check_loss_arguments(params, x, labels, key, weights):
     """The boundary checks of the data a loss is computed on (the options check themselves in
-    :class:`LossOptions`): ``(x, labels, weights, batched)`` as arrays, one example made a
+    `LossOptions`): ``(x, labels, weights, batched)`` as arrays, one example made a
     batch of one, and whether ``x`` was a batch."""
     _validation.check_params(params)
     batched = _validation.check_inputs(params, x)

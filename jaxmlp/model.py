@@ -76,6 +76,12 @@ def init_mlp(
 
     Returns:
         A list with one ``{"w": (n_in, n_out), "b": (n_out,)}`` dict per layer.
+
+    Examples:
+        >>> import jax, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> [(layer["w"].shape, layer["b"].shape) for layer in params]
+        [((4, 3), (3,)), ((3, 2), (2,))]
     """
     _validation.check_key("key", key)
     sizes = _validation.check_layer_sizes(layer_sizes)
@@ -102,12 +108,24 @@ def init_mlp(
 
 
 def layer_sizes_of(params: Sequence[Mapping[str, Any]]) -> tuple[int, ...]:
-    """The ``layer_sizes`` a parameter list (of JAX or NumPy arrays) was built with."""
+    """The ``layer_sizes`` a parameter list (of JAX or NumPy arrays) was built with.
+
+    Examples:
+        >>> import jax, jaxmlp
+        >>> jaxmlp.layer_sizes_of(jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2)))
+        (4, 3, 2)
+    """
     return (params[0]["w"].shape[0], *(layer["w"].shape[1] for layer in params))
 
 
 def parameter_count(params_or_sizes: Params | Sequence[int]) -> int:
-    """Number of scalars in the model: sum over layers of n_in * n_out + n_out."""
+    """Number of scalars in the model: sum over layers of n_in * n_out + n_out.
+
+    Examples:
+        >>> import jaxmlp
+        >>> jaxmlp.parameter_count((4, 3, 2))  # 4 * 3 + 3 + 3 * 2 + 2
+        23
+    """
     if params_or_sizes and isinstance(params_or_sizes[0], dict):
         sizes = layer_sizes_of(params_or_sizes)  # type: ignore[arg-type]
     else:
@@ -130,7 +148,7 @@ class DropoutRate(NamedTuple):
 
 
 def keep_probability(rate: float | DropoutRate):
-    """1 - rate: a Python number for a number, the carried ``keep`` of a :class:`DropoutRate`."""
+    """1 - rate: a Python number for a number, the carried ``keep`` of a `DropoutRate`."""
     return rate.keep if isinstance(rate, DropoutRate) else 1.0 - rate
 
 
@@ -171,8 +189,8 @@ def layer_masks(
     """The dropout masks of one forward pass: one for the input, then one per hidden layer's
     output (the output layer is never masked), each of shape (batch_size, units).
 
-    :func:`forward`, :func:`jaxmlp.loss` and :func:`jaxmlp.backprop` all draw their masks here,
-    so the same key gives the same masks in each.
+    [`forward`][jaxmlp.forward], [`jaxmlp.loss`][] and [`jaxmlp.backprop`][jaxmlp.backprop.backprop]
+    all draw their masks here, so the same key gives the same masks in each.
     """
     shapes = [(batch_size, params[0]["w"].shape[0])] + [
         (batch_size, p["w"].shape[1]) for p in params[:-1]
@@ -196,10 +214,10 @@ def forward(
     run in Python (at trace time under a transformation).
 
     Args:
-        params: as returned by :func:`init_mlp`.
+        params: as returned by [`init_mlp`][jaxmlp.init_mlp].
         x: inputs of shape (batch, n_in), or one example of shape (n_in,); floating point, in the
             parameters' dtype.
-        activation: hidden nonlinearity, one of :data:`ACTIVATIONS`.
+        activation: hidden nonlinearity, one of [`ACTIVATIONS`][jaxmlp.ACTIVATIONS].
         dropout_rate: fraction of each hidden layer's units dropped (inverted dropout: the kept
             ones are scaled by 1 / (1 - rate)). Applied only when ``key`` is given.
         input_dropout_rate: the same for the input pixels (Srivastava et al. use 0.2).
@@ -207,7 +225,13 @@ def forward(
 
     Returns:
         Logits of shape (batch, n_out), or (n_out,) for one example; apply
-        :func:`jaxmlp.softmax` for probabilities.
+        [`jaxmlp.softmax`][] for probabilities.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> jaxmlp.forward(params, jnp.ones((5, 4))).shape
+        (5, 2)
     """
     _validation.check_params(params)
     batched = _validation.check_inputs(params, x)
@@ -243,7 +267,7 @@ def forward_pass(
     """The forward pass, keeping what the backward pass needs: each layer's (masked) input
     a_{l-1} (batch, n_in) and pre-activation z_l = a_{l-1} @ W_l + b_l (batch, n_out), where
     a_l = phi(z_l) for the hidden layers and the last z is the logits. ``masks`` as
-    :func:`layer_masks` draws them (None entries: no dropout there); no argument checks.
+    `layer_masks` draws them (None entries: no dropout there); no argument checks.
     """
     phi = ACTIVATIONS[activation].function
     layer_inputs, pre_activations = [], []

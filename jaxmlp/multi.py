@@ -1,11 +1,11 @@
 """Many models in one program: a stack of train states trained and scored under ``jax.vmap``.
 
 Several seeds or hyperparameter settings that share the model's *structure* (layer sizes,
-optimizer, :class:`~jaxmlp.ModelOptions`) train together: their train states are stacked along a
-leading model axis and one jitted epoch advances them all, each with its own parameters,
+optimizer, [`ModelOptions`][jaxmlp.ModelOptions]) train together: their train states are stacked
+along a leading model axis and one jitted epoch advances them all, each with its own parameters,
 optimizer state and random key (so each shuffles and drops out independently). Numbers that
 are leaves of the optimizer's state (for example an ``optax.inject_hyperparams`` learning rate)
-may differ between the stacked models; see :func:`stack_states`.
+may differ between the stacked models; see [`stack_states`][jaxmlp.multi.stack_states].
 
     states = jaxmlp.multi.stack_states(
         [jaxmlp.create_train_state(jax.random.key(s), sizes, optimizer) for s in range(10)]
@@ -15,11 +15,12 @@ may differ between the stacked models; see :func:`stack_states`.
 
 Hyperparameters that are static in one model can differ between stacked ones when they are held
 as arrays: the L2 coefficient and the dropout rates in each state's ``hyperparams``
-(:func:`jaxmlp.training.with_hyperparams`), the learning rate, momentum and the other numbers of
-the optimizer in its state (:func:`stackable_optimizer`, :func:`set_optimizer_hyperparams`). The
-seed and the initialisation differ in the initial parameters. :func:`fit` trains such a stack
-for a number of epochs, scoring every model on validation data after each and keeping each
-one's best epoch: ``jaxmlp sweep`` is built on it.
+(`jaxmlp.training.with_hyperparams`), the learning rate, momentum and the other numbers of
+the optimizer in its state ([`stackable_optimizer`][jaxmlp.multi.stackable_optimizer],
+[`set_optimizer_hyperparams`][jaxmlp.multi.set_optimizer_hyperparams]). The seed and the
+initialisation differ in the initial parameters. [`fit`][jaxmlp.multi.fit] trains such a stack for a
+number of epochs, scoring every model on validation data after each and keeping each one's best
+epoch: ``jaxmlp sweep`` is built on it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def count(states: TrainState) -> int:
 
 
 def unstack_states(states: TrainState) -> list[TrainState]:
-    """The inverse of :func:`stack_states`: one train state per model."""
+    """The inverse of [`stack_states`][jaxmlp.multi.stack_states]: one train state per model."""
     return [jax.tree.map(lambda leaf, i=i: leaf[i], states) for i in range(count(states))]
 
 
@@ -117,13 +118,13 @@ def train_epoch(
     states: TrainState, images, labels, *, batch_size: int
 ) -> tuple[TrainState, dict[str, Any]]:
     """One epoch of every stacked model over the same data, in one jitted program:
-    :func:`jaxmlp.train_epoch` under ``jax.vmap``.
+    [`jaxmlp.train_epoch`][] under ``jax.vmap``.
 
-    Each model shuffles with its own key, exactly as :func:`jaxmlp.train_epoch` would for that
+    Each model shuffles with its own key, exactly as [`jaxmlp.train_epoch`][] would for that
     model alone. Returns the stacked states and metrics whose values have one entry per model
     (``loss``, ``train_accuracy``, ``diverged_at_step``). The input states are not donated.
 
-    A stack of one model runs :func:`jaxmlp.train_epoch` unbatched instead: on CPU, XLA lays
+    A stack of one model runs [`jaxmlp.train_epoch`][] unbatched instead: on CPU, XLA lays
     out the vmapped weight gradients transposed and copies them back every step, which made one
     784-1024-1024-10 model's epoch 40-55 % slower than the same epoch unbatched.
     """
@@ -146,7 +147,7 @@ def _evaluate_many(params, images, labels, options, batch_size: int):
 
 def evaluate(states: TrainState, images, labels, *, batch_size: int = 2048) -> dict[str, Any]:
     """Exact loss and accuracy of every stacked model (evaluation mode, no dropout):
-    :func:`jaxmlp.evaluate` under ``jax.vmap``.
+    [`jaxmlp.evaluate`][] under ``jax.vmap``.
 
     Returns numpy arrays with one entry per model: ``loss``, ``accuracy``, ``correct``, and the
     int ``count`` of examples.
@@ -189,14 +190,15 @@ STACKABLE_OPTIMIZER_HYPERPARAMETERS = (
     "learning_rate",
     *(h for h in HYPERPARAMETERS if h != "initial_accumulator_value"),
 )
-"""The :class:`jaxmlp.OptimizerSettings` numbers :func:`stackable_optimizer` can hold in the
-optimizer's state. (``initial_accumulator_value`` is read when the state is created, before a
-model's own value could be set, so it stays static.)"""
+"""The [`jaxmlp.OptimizerSettings`][] numbers
+[`stackable_optimizer`][jaxmlp.multi.stackable_optimizer] can hold in the optimizer's state.
+(``initial_accumulator_value`` is read when the state is created, before a model's own value could
+be set, so it stays static.)"""
 
 
 SCHEDULES_WITH_TRACED_NUMBERS = ("constant", "cosine", "warmup_cosine", "exponential", "step")
-"""The schedules under which :func:`stackable_optimizer` traces numbers: functions of the step
-alone (``plateau`` also reads the loss)."""
+"""The schedules under which [`stackable_optimizer`][jaxmlp.multi.stackable_optimizer] traces
+numbers: functions of the step alone (``plateau`` also reads the loss)."""
 
 
 def stackable_optimizer(
@@ -207,9 +209,10 @@ def stackable_optimizer(
     steps_per_epoch: int | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer of ``settings`` (over ``total_steps`` steps, as
-    :meth:`jaxmlp.OptimizerSettings.build` makes it) with the hyperparameters named in
+    [`jaxmlp.OptimizerSettings.build`][] makes it) with the hyperparameters named in
     ``traced`` held in its state by ``optax.inject_hyperparams``, so that the stacked states of
-    one optimizer object can each have their own (:func:`set_optimizer_hyperparams`).
+    one optimizer object can each have their own
+    ([`set_optimizer_hyperparams`][jaxmlp.multi.set_optimizer_hyperparams]).
 
     A traced constant learning rate is the one the optimizer multiplies by, as a plain one is; a
     traced peak of another schedule multiplies the schedule of peak 1 (the same values, to float
@@ -217,9 +220,10 @@ def stackable_optimizer(
     itself.
 
     Raises:
-        ValueError: a name outside :data:`STACKABLE_OPTIMIZER_HYPERPARAMETERS`, one the settings
+        ValueError: a name outside ``STACKABLE_OPTIMIZER_HYPERPARAMETERS``
+            ([the list][jaxmlp.multi.STACKABLE_OPTIMIZER_HYPERPARAMETERS]), one the settings
             leave unset (optax's default is not a number jaxmlp knows), or a schedule outside
-            :data:`SCHEDULES_WITH_TRACED_NUMBERS`.
+            [`SCHEDULES_WITH_TRACED_NUMBERS`][jaxmlp.multi.SCHEDULES_WITH_TRACED_NUMBERS].
     """
     traced = tuple(dict.fromkeys(traced))
     unknown = sorted(set(traced) - set(STACKABLE_OPTIMIZER_HYPERPARAMETERS))
@@ -293,9 +297,9 @@ def _unit_schedule(settings: OptimizerSettings, total_steps: int):
 
 def set_optimizer_hyperparams(state: TrainState, **values: float) -> TrainState:
     """``state`` with the optimizer hyperparameters ``values`` that its
-    :func:`stackable_optimizer` holds in the optimizer state set to these numbers (in the
-    state's own dtype). The state must not have trained yet: a learning rate is read at every
-    step, but changing it mid-run is not what this is for.
+    [`stackable_optimizer`][jaxmlp.multi.stackable_optimizer] holds in the optimizer state set to
+    these numbers (in the state's own dtype). The state must not have trained yet: a learning rate
+    is read at every step, but changing it mid-run is not what this is for.
 
     Raises:
         ValueError: the optimizer state holds no such hyperparameter.
@@ -319,9 +323,9 @@ def set_optimizer_hyperparams(state: TrainState, **values: float) -> TrainState:
 
 def plain_optimizer_state(state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
     """A model of a stack (unstacked) as the same model trained alone would be: the optimizer
-    state of its :func:`stackable_optimizer` unwrapped to the inner state, which has the
-    structure of ``optimizer``'s (the one :meth:`jaxmlp.OptimizerSettings.build` makes for the
-    same settings), and ``optimizer`` in its place."""
+    state of its [`stackable_optimizer`][jaxmlp.multi.stackable_optimizer] unwrapped to the inner
+    state, which has the structure of ``optimizer``'s (the one [`jaxmlp.OptimizerSettings.build`][]
+    makes for the same settings), and ``optimizer`` in its place."""
     opt_state = state.opt_state
     inner = getattr(opt_state, "inner_state", None)
     if inner is not None and hasattr(opt_state, "hyperparams"):
@@ -339,7 +343,7 @@ def plain_optimizer_state(state: TrainState, optimizer: optax.GradientTransforma
 
 
 class StackedFit(NamedTuple):
-    """What :func:`fit` returns."""
+    """What [`fit`][jaxmlp.multi.fit] returns."""
 
     states: TrainState
     """The stacked states after the last epoch."""
@@ -347,7 +351,7 @@ class StackedFit(NamedTuple):
     """Each model's state at its best epoch by the monitor (the last epoch without validation
     data), stacked."""
     histories: list[list[dict[str, Any]]]
-    """One list of per-epoch records per model, as :func:`jaxmlp.fit` records them."""
+    """One list of per-epoch records per model, as [`jaxmlp.fit`][] records them."""
 
 
 def fit(
@@ -365,7 +369,7 @@ def fit(
     """Train every stacked model for ``epochs`` epochs in one compiled program per epoch, score
     each on ``validation_data`` after every epoch, and keep each one's best epoch.
 
-    Each model's records are those :func:`jaxmlp.fit` gives the same model trained alone
+    Each model's records are those [`jaxmlp.fit`][] gives the same model trained alone
     (``epoch``, ``loss``, ``train_accuracy``, ``seconds``, ``validation_loss``,
     ``validation_accuracy``), and its numbers equal them to float rounding; ``seconds`` is the
     stack's wall time for the epoch (the first includes the compile). A model whose loss or
@@ -373,19 +377,19 @@ def fit(
     state from before; the others train on.
 
     Args:
-        states: stacked train states (:func:`stack_states`).
+        states: stacked train states ([`stack_states`][jaxmlp.multi.stack_states]).
         x_train: the training images all models share.
         y_train: their labels.
-        epochs: as for :func:`jaxmlp.fit`.
-        batch_size: as for :func:`jaxmlp.fit`.
+        epochs: as for [`jaxmlp.fit`][].
+        batch_size: as for [`jaxmlp.fit`][].
         validation_data: optional ``(x, y)`` scored after every epoch.
-        monitor: the best epoch's rule (:func:`jaxmlp.best_epoch`).
-        min_delta: the best epoch's rule (:func:`jaxmlp.best_epoch`).
+        monitor: the best epoch's rule ([`jaxmlp.best_epoch`][]).
+        min_delta: the best epoch's rule ([`jaxmlp.best_epoch`][]).
         on_epoch_end: called as ``on_epoch_end(epoch, records)`` with the epoch's record of every
             model (progress lines).
 
     Returns:
-        A :class:`StackedFit`.
+        A [`StackedFit`][jaxmlp.multi.StackedFit].
     """
     epochs = _validation.check_positive_int("epochs", epochs)
     monitor, min_delta = check_monitor(monitor, min_delta)

@@ -90,8 +90,9 @@ def schedule(
     ``exponential``: lr * decay_rate ** (step / total_steps).
     ``step``: lr multiplied by 0.1 at each fraction of training in ``boundaries``.
     ``plateau``: the plain number here; the reduction on a plateau of the training loss is a
-    transformation chained after the optimizer (:func:`reduce_on_plateau`), which
-    :meth:`OptimizerSettings.build` adds.
+    transformation chained after the optimizer
+    ([`reduce_on_plateau`][jaxmlp.optimizers.reduce_on_plateau]), which
+    [`OptimizerSettings.build`][jaxmlp.OptimizerSettings.build] adds.
     """
     _validation.check_choice("schedule", name, SCHEDULES)
     _validation.check_positive("learning_rate", learning_rate)
@@ -121,8 +122,8 @@ def reduce_on_plateau(
     """``optax.contrib.reduce_on_plateau`` over whole epochs, to chain after an optimizer:
     ``optax.chain(optimizer(...), reduce_on_plateau(...))``.
 
-    It reads each step's training loss (``value=``, which :func:`jaxmlp.train_step` and
-    :func:`jaxmlp.fit` pass to the optimizer) and averages it over ``steps_per_epoch`` steps:
+    It reads each step's training loss (``value=``, which [`jaxmlp.train_step`][] and
+    [`jaxmlp.fit`][] pass to the optimizer) and averages it over ``steps_per_epoch`` steps:
     after every epoch, the mean of its step losses L (each the batch's mean loss, the padded
     last batch counting as one) is compared with the best mean so far, L_best. When
     L > L_best * (1 - 1e-4) for ``patience`` epochs in a row (optax's ``rtol``), the scale
@@ -132,12 +133,12 @@ def reduce_on_plateau(
 
     The losses are those of the training batches, not of validation data; under DP-SGD they
     are not private, so a learning rate decided by them would spend privacy the accountant
-    does not count (:func:`jaxmlp.fit` refuses it with noise).
+    does not count ([`jaxmlp.fit`][] refuses it with noise).
 
     Args:
         factor: the multiplier of the learning rate on a plateau, in (0, 1).
         patience: epochs without an improvement before a reduction, >= 1.
-        steps_per_epoch: optimizer steps per epoch (:func:`jaxmlp.steps_per_epoch`).
+        steps_per_epoch: optimizer steps per epoch ([`jaxmlp.steps_per_epoch`][]).
     """
     if not 0 < factor < 1:
         raise ValueError(f"plateau_factor={factor!r} is invalid; expected 0 < plateau_factor < 1")
@@ -149,8 +150,8 @@ def reduce_on_plateau(
 
 
 def plateau_scale(opt_state) -> float | None:
-    """The learning-rate multiplier a :func:`reduce_on_plateau` in ``opt_state`` has reached
-    (1.0 until its first reduction), or None if it holds none."""
+    """The learning-rate multiplier a [`reduce_on_plateau`][jaxmlp.optimizers.reduce_on_plateau] in
+    ``opt_state`` has reached (1.0 until its first reduction), or None if it holds none."""
     found: list[Any] = [  # a scalar array each
         node.scale
         for node in jax.tree.leaves(
@@ -170,16 +171,19 @@ HYPERPARAMETERS = (
     "initial_accumulator_value",
     "weight_decay",
 )
-"""The optax keyword arguments :class:`OptimizerSettings` can set (each optimizer takes some)."""
+"""The optax keyword arguments [`OptimizerSettings`][jaxmlp.OptimizerSettings] can set (each
+optimizer takes some)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizerSettings:
     """An optimizer and its learning-rate schedule by name: what a run configuration or a sweep
-    stores; :meth:`build` turns it into the optax transformation for a given number of steps.
+    stores; [`build`][jaxmlp.OptimizerSettings.build] turns it into the optax transformation for a
+    given number of steps.
 
-    The fields are the arguments of :func:`optimizer` and :func:`schedule` under their optax
-    names (unset hyperparameters keep optax's defaults), and the options of ``jaxmlp train``.
+    The fields are the arguments of [`optimizer`][jaxmlp.optimizer] and
+    [`schedule`][jaxmlp.schedule] under their optax names (unset hyperparameters keep optax's
+    defaults), and the options of ``jaxmlp train``.
     """
 
     optimizer: str = option("adam", "optimizer", group="opt", choices=OPTIMIZERS)
@@ -267,8 +271,9 @@ class OptimizerSettings:
     ) -> optax.GradientTransformation:
         """The optax optimizer, its learning rate following the schedule over ``total_steps``
         optimizer steps (``epochs * jaxmlp.steps_per_epoch(n, batch_size, batch_sampling)`` for a
-        whole run). ``schedule="plateau"`` chains :func:`reduce_on_plateau` after it, which
-        needs ``steps_per_epoch``."""
+        whole run). ``schedule="plateau"`` chains
+        [`reduce_on_plateau`][jaxmlp.optimizers.reduce_on_plateau] after it, which needs
+        ``steps_per_epoch``."""
         learning_rate = self.learning_rate_schedule(total_steps)
         built = optimizer(self.optimizer, learning_rate, **self.hyperparameters())
         if self.schedule != "plateau":
@@ -286,8 +291,9 @@ class OptimizerSettings:
         return optax.chain(built, plateau)
 
     def learning_rate_schedule(self, total_steps: int) -> float | Schedule:
-        """The learning rate :meth:`build` gives the optimizer: :func:`schedule` over
-        ``total_steps`` steps (a plain number for ``constant``)."""
+        """The learning rate [`build`][jaxmlp.OptimizerSettings.build] gives the optimizer:
+        [`schedule`][jaxmlp.schedule] over ``total_steps`` steps (a plain number for
+        ``constant``)."""
         return schedule(
             self.schedule,
             self.learning_rate,

@@ -1,7 +1,7 @@
 """Per-example gradients, by autodiff and by hand, and the clipped sum that DP-SGD needs.
 
 For a dense layer z = a @ W + b, the gradient of example i's own loss is the outer product of
-its layer input and its delta (see :mod:`jaxmlp.backprop` for the deltas):
+its layer input and its delta (see [`jaxmlp.backprop`][] for the deltas):
 
     dW_i = a_i delta_i^T   (n_in, n_out)        db_i = delta_i
     ||dW_i||_F^2 = ||a_i||^2 ||delta_i||^2       (Goodfellow 2015)
@@ -17,7 +17,7 @@ clipping, Li et al. 2021). ``method="autodiff"`` instead differentiates each exa
 
 The gradients here are of the *data* loss: the L2 term belongs to the batch (it is the same for
 every example and is not clipped), so it is left out. Dropout uses the masks that
-:func:`jaxmlp.loss` draws with the same key: row i of each batch mask is example i's.
+[`jaxmlp.loss`][] draws with the same key: row i of each batch mask is example i's.
 """
 
 from __future__ import annotations
@@ -96,8 +96,15 @@ def per_example_grads(
     backward pass; ``method="autodiff"`` is ``jax.vmap(jax.grad(...))`` over the examples. They
     agree to rounding, and their mean over the batch is ``jax.grad(jaxmlp.loss)`` with
     ``l2=0`` (the L2 term belongs to the batch, not to an example). Options as
-    :func:`jaxmlp.loss`; with ``key`` the dropout masks are those ``loss`` draws with that key.
+    [`jaxmlp.loss`][]; with ``key`` the dropout masks are those ``loss`` draws with that key.
     Works inside the caller's ``jit`` and ``vmap``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> grads = jaxmlp.per_example_grads(params, jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1]))
+        >>> grads[0]["w"].shape  # one (4, 3) gradient per example
+        (5, 4, 3)
     """
     options, x, labels, masks = _checked(
         params,
@@ -149,7 +156,7 @@ def per_example_grad_norms(
 
     With ``method="backprop"`` it is sqrt(sum_l (||a_l,i||^2 + 1) ||delta_l,i||^2), from the
     layer inputs and deltas alone: no per-example gradient is materialised. With
-    ``method="autodiff"`` it is the norm of :func:`per_example_grads`.
+    ``method="autodiff"`` it is the norm of [`per_example_grads`][jaxmlp.per_example_grads].
     """
     options, x, labels, masks = _checked(
         params,
@@ -174,7 +181,7 @@ def clip_factors(norms: Array, clip_norm: float) -> Array:
 
 
 class ClippedSum(NamedTuple):
-    """What :func:`clipped_grad_sum` returns: the clipped sum and what it was computed from."""
+    """What `clipped_grad_sum` returns: the clipped sum and what it was computed from."""
 
     total: Params
     """sum_i w_i clip_C(g_i), shaped like the parameters."""

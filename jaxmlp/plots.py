@@ -1,6 +1,6 @@
 """PNG figures of a training run, drawn with matplotlib's non-interactive Agg backend.
 
-Each function writes one file through :func:`jaxmlp._files.atomic_write` (a temporary file
+Each function writes one file through `jaxmlp._files.atomic_write` (a temporary file
 renamed into place), so a figure is never left half-written, and returns its path.
 """
 

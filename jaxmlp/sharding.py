@@ -2,7 +2,7 @@
 
 The batch of every step is split along the mesh's ``data`` axis; the parameters, the optimizer
 state and the (small) dataset are replicated on every device. Nothing here is a parallel layer
-of its own: :func:`jaxmlp.train_epoch` only annotates each batch with a sharding, and XLA's SPMD
+of its own: [`jaxmlp.train_epoch`][] only annotates each batch with a sharding, and XLA's SPMD
 partitioner splits the step and inserts the all-reduce of the gradients::
 
     mesh = jaxmlp.sharding.data_parallel_mesh()          # all devices, every process
@@ -12,10 +12,11 @@ partitioner splits the step and inserts the all-reduce of the gradients::
 or simply ``jaxmlp.fit(..., mesh=mesh)``. The batch size must be a multiple of the device count.
 
 Several processes (several GPUs driven by one process each, or several hosts) join through
-:func:`initialize_distributed` before anything else touches JAX; after that
-:func:`data_parallel_mesh` spans the devices of all processes, and every process runs the same
-program on the same (replicated) data. Virtual CPU devices for testing come from
-:func:`set_cpu_device_count`, which must also run before JAX starts its backends.
+[`initialize_distributed`][jaxmlp.sharding.initialize_distributed] before anything else touches JAX;
+after that [`data_parallel_mesh`][jaxmlp.sharding.data_parallel_mesh] spans the devices of all
+processes, and every process runs the same program on the same (replicated) data. Virtual CPU
+devices for testing come from [`set_cpu_device_count`][jaxmlp.sharding.set_cpu_device_count], which
+must also run before JAX starts its backends.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def data_parallel_mesh(
     devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]
 ) -> Mesh:
     """A one-axis mesh named ``"data"`` over ``devices`` (default: every device of every
-    process, ``jax.devices()``), for :func:`jaxmlp.train_epoch` / :func:`jaxmlp.fit`."""
+    process, ``jax.devices()``), for [`jaxmlp.train_epoch`][] / [`jaxmlp.fit`][]."""
     if devices is None:
         devices = jax.devices()
     devices = list(devices)

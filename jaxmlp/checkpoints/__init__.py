@@ -1,4 +1,4 @@
-"""Checkpoints of a :class:`~jaxmlp.TrainState`, one per epoch, and files of parameters alone.
+"""Checkpoints of a [`TrainState`][jaxmlp.TrainState], one per epoch, and files of parameters alone.
 
 Save every epoch from your own training loop, and later continue from the latest good one::
 
@@ -32,13 +32,13 @@ Save every epoch from your own training loop, and later continue from the latest
 The continued run is the run that was never interrupted, bit for bit (on the same machine and
 JAX version): a checkpoint holds the whole train state's arrays (parameters, optimizer state,
 step and the PRNG key that shuffles and drops out). It does not hold the state's static fields,
-the optimizer (an ``optax`` transformation: code) and the :class:`~jaxmlp.ModelOptions`, nor
+the optimizer (an ``optax`` transformation: code) and the [`ModelOptions`][jaxmlp.ModelOptions], nor
 the optimizer state's tree structure (which the optimizer decides). These come from the
 *target*, a freshly created state of the saved configuration, which also fixes the shapes and
 dtypes the arrays must have; its own values are discarded. Build it with the same layer sizes,
 dtype, optimizer and ``options`` as the saved run: a target with another learning rate continues
 with that learning rate, and one of another architecture, dtype or optimizer state is refused
-with an :class:`ArchitectureMismatchError` naming both.
+with an `ArchitectureMismatchError` naming both.
 
 Checkpoint directory (format 2)
 -------------------------------
@@ -63,11 +63,11 @@ that is never listed and that the next save removes. Old steps beyond ``keep`` (
 of ``also_keep``, such as the best epoch) are first renamed to a hidden ``.deleting-`` name and
 then deleted, so a kill mid-deletion never leaves a half step listed either. A checkpoint that
 cannot be read or whose bytes do not match its sha256 is skipped in favour of the previous one
-(:func:`restore_latest` reports which were skipped).
+(`restore_latest` reports which were skipped).
 
 The package's modules: ``_states`` (a train state per epoch), ``_params`` (parameters alone)
 and ``_common`` (checksums, error messages, argument checks); files are written through
-:func:`jaxmlp._files.atomic_write`.
+`jaxmlp._files.atomic_write`.
 
 The arrays are not written through orbax-checkpoint: every orbax save path measured (a
 ``CheckpointManager`` with or without item handlers, reused or not, a ``StandardCheckpointer``,
@@ -79,8 +79,8 @@ per epoch shows as memory growing by the epoch; this writer keeps 0.3 kB.
 Params file
 -----------
 
-:func:`save_params` writes one ``.npz`` holding the arrays and a JSON header with the layer
-sizes, dtype and sha256; :mod:`jaxmlp.checkpoints._params` describes it.
+`save_params` writes one ``.npz`` holding the arrays and a JSON header with the layer
+sizes, dtype and sha256; `jaxmlp.checkpoints._params` describes it.
 """
 
 from jaxmlp.checkpoints._common import CheckpointError as CheckpointError

@@ -1,8 +1,8 @@
-"""What the checkpoint directories of :mod:`jaxmlp.checkpoints` and its params files
-(:mod:`jaxmlp.checkpoints._params`) share: the error they raise, the sha256 of a tree of arrays,
+"""What the checkpoint directories of [`jaxmlp.checkpoints`][] and its params files
+(`jaxmlp.checkpoints._params`) share: the error they raise, the sha256 of a tree of arrays,
 the names of its arrays, the one-line reason of a failure, and the checks of arguments at their
 boundary (each names the argument, what it got and what was expected). Files are written through
-:func:`jaxmlp._files.atomic_write`.
+`jaxmlp._files.atomic_write`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""The parameters of an MLP alone, in one file (re-exported by :mod:`jaxmlp.checkpoints`).
+"""The parameters of an MLP alone, in one file (re-exported by [`jaxmlp.checkpoints`][]).
 
-:func:`save_params` writes one uncompressed NumPy ``.npz``: the arrays ``params/<layer>/w`` and
+`save_params` writes one uncompressed NumPy ``.npz``: the arrays ``params/<layer>/w`` and
 ``params/<layer>/b`` (named as in a checkpoint's ``arrays.npz``) and ``header``, a 0-d string
 array holding JSON: ``"format": "jaxmlp-params"``, ``"version"``, the layer sizes, the dtype,
 the name, dtype and shape of every array, their sha256 (as in a checkpoint's ``meta.json``),
 the time it was saved and whatever the caller adds. It is written through
-:func:`jaxmlp._files.atomic_write` (a hidden temporary file in the same folder, fsynced and
+`jaxmlp._files.atomic_write` (a hidden temporary file in the same folder, fsynced and
 renamed over the destination): the file is whole or absent. Any NumPy reads it
-(``np.load(path)["params/0/w"]``); :func:`load_params` also verifies it.
+(``np.load(path)["params/0/w"]``); `load_params` also verifies it.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def save_params(
     path: str | os.PathLike[str], params: Any, *, meta: dict[str, Any] | None = None
 ) -> Path:
     """Writes ``params`` (a list of ``{"w": (n_in, n_out), "b": (n_out,)}`` layers, as from
-    :func:`jaxmlp.init_mlp` or ``state.params``) to the one file ``path``, exactly as given
-    (``.npz`` is the usual suffix; none is added), and returns it as a :class:`~pathlib.Path`.
+    [`jaxmlp.init_mlp`][] or ``state.params``) to the one file ``path``, exactly as given
+    (``.npz`` is the usual suffix; none is added), and returns it as a `Path`.
 
     ``meta``: JSON values stored in the file's header and returned by
-    :func:`read_params_meta`; its keys may not be the format's own (``format``, ``version``,
+    `read_params_meta`; its keys may not be the format's own (``format``, ``version``,
     ``layer_sizes``, ``dtype``, ``arrays``, ``sha256``). The file is written to a temporary
     file in the same folder, fsynced and renamed over ``path``: it is whole or absent. Missing
     folders are created.
@@ -168,7 +168,7 @@ def _params_from(stored: Any, header: dict[str, Any]) -> list[dict[str, np.ndarr
 
 
 def load_params(path: str | os.PathLike[str]) -> list[dict[str, jax.Array]]:
-    """The parameters saved by :func:`save_params`: a list of ``{"w": (n_in, n_out),
+    """The parameters saved by `save_params`: a list of ``{"w": (n_in, n_out),
     "b": (n_out,)}`` layers of JAX arrays, bit for bit as saved, after checking the arrays
     against the header's structure and sha256.
 

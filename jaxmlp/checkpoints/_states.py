@@ -49,7 +49,7 @@ class ArchitectureMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-    """Result of :func:`restore` and :func:`restore_latest`.
+    """Result of `restore` and `restore_latest`.
 
     Attributes:
         state: the restored train state (the target's static fields, the checkpoint's arrays).
@@ -182,7 +182,7 @@ def save(
 
 
 def _remove_step(directory: Path, step: int) -> None:
-    """Delete a step directory: first an atomic rename that hides it from :func:`list_steps`."""
+    """Delete a step directory: first an atomic rename that hides it from `list_steps`."""
     doomed = directory / f"{_DELETING}{step}-{os.getpid()}-{time.monotonic_ns()}"
     os.rename(directory / str(step), doomed)
     shutil.rmtree(doomed)
@@ -374,7 +374,7 @@ def restore_latest(
     on_skip: Callable[[int, str], None] | None = None,
 ) -> Restored | None:
     """The newest checkpoint in ``directory`` that can be read and verifies, restored into
-    ``target`` (a fresh state of the saved configuration; see :func:`restore` for why one is
+    ``target`` (a fresh state of the saved configuration; see `restore` for why one is
     needed); ``None`` if the directory holds no checkpoint.
 
     A newer checkpoint that cannot be read, or whose arrays do not match the sha256 recorded at

@@ -32,9 +32,10 @@ def cache_location(enabled: bool = True) -> Path | None:
 
 
 def use_compilation_cache(enabled: bool = True) -> Path | None:
-    """Turn JAX's persistent compilation cache on at :func:`cache_location` (before anything
-    compiles); returns the directory in use, or None. Every program is cached, however quick
-    its compile: an epoch's compile is seconds on a CPU, the evaluation's a fraction of one."""
+    """Turn JAX's persistent compilation cache on at
+    [`cache_location`][jaxmlp.cli.compilation.cache_location] (before anything compiles); returns
+    the directory in use, or None. Every program is cached, however quick its compile: an epoch's
+    compile is seconds on a CPU, the evaluation's a fraction of one."""
     import jax
 
     # jax's Config defines its flags as attributes at run time, out of a type checker's sight.

@@ -1,8 +1,8 @@
 """The configuration of a ``jaxmlp train`` run: one frozen dataclass, loadable from TOML or JSON.
 
 A run is data and architecture (its own fields), what each step computes (a
-:class:`jaxmlp.ModelOptions`), the optimizer and its schedule (a
-:class:`jaxmlp.OptimizerSettings`), and the loop (batch size, epochs, seed). Files, flags and the
+[`jaxmlp.ModelOptions`][]), the optimizer and its schedule (a
+[`jaxmlp.OptimizerSettings`][]), and the loop (batch size, epochs, seed). Files, flags and the
 run directory's ``config.json`` use one flat set of keys, the library's own names::
 
     # run.toml

@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace, out: Output) -> int:
-    """Runs the data command on arguments parsed by a parser given :func:`add_arguments`.
+    """Runs the data command on arguments parsed by a parser given
+    [`add_arguments`][jaxmlp.cli.data.add_arguments].
 
     Returns:
         The exit status. An error is printed as one line on stderr (exit status 2), unless

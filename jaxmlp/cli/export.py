@@ -14,7 +14,7 @@ _FORMAT_NAMES = {"onnx": "ONNX", "jax": "jax.export"}
 
 
 def normalization_formula(norm) -> str:
-    """What a :class:`jaxmlp.data.Normalization` does to raw pixels ``x`` in 0..255, as a
+    """What a [`jaxmlp.data.Normalization`][] does to raw pixels ``x`` in 0..255, as a
     formula: ``x / 255``, ``(x / 255 - 0.1307) / 0.3081``, ``x``."""
     if norm.method == "none":
         return "x"

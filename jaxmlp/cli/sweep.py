@@ -8,9 +8,9 @@
 The configurations are every combination of the ``--grid`` values (and, with ``--random N``,
 N draws of the ``--range`` keys for each), on top of the options given as for ``jaxmlp train``.
 Configurations that differ only in numbers a train state can hold as arrays train together in
-one vmapped program (:mod:`jaxmlp.multi`): the seed and initialisation, the L2 coefficient and
-dropout rates (:func:`jaxmlp.training.with_hyperparams`), and the learning rate, momentum and
-the optimizer's other numbers (:func:`jaxmlp.multi.stackable_optimizer`). Others (layer sizes,
+one vmapped program ([`jaxmlp.multi`][]): the seed and initialisation, the L2 coefficient and
+dropout rates (`jaxmlp.training.with_hyperparams`), and the learning rate, momentum and
+the optimizer's other numbers ([`jaxmlp.multi.stackable_optimizer`][]). Others (layer sizes,
 batch size, optimizer, ...) form groups of their own, each a stack. A stack holds at most
 ``--max-stack`` models, fewer when they would not fit in memory.
 
@@ -268,8 +268,8 @@ def configurations(
 
 
 def run_configs(base: RunConfig, swept: list[dict[str, Any]]) -> list[RunConfig]:
-    """Every configuration as a checked :class:`RunConfig` (a calibrated noise multiplier for
-    ``dp_target_epsilon``, as ``jaxmlp train`` does)."""
+    """Every configuration as a checked [`RunConfig`][jaxmlp.cli.config.RunConfig] (a calibrated
+    noise multiplier for ``dp_target_epsilon``, as ``jaxmlp train`` does)."""
     from jaxmlp.cli.train import calibrated
 
     configs = []
@@ -328,8 +328,9 @@ def stack_signature(config: RunConfig) -> str:
 
 
 def stacks(configs: Sequence[RunConfig], max_stack: int) -> list[list[int]]:
-    """Indices of the configurations of each stack: grouped by :func:`stack_signature` in the
-    order they first appear, each group cut into stacks of at most :func:`stack_capacity`."""
+    """Indices of the configurations of each stack: grouped by
+    [`stack_signature`][jaxmlp.cli.sweep.stack_signature] in the order they first appear, each group
+    cut into stacks of at most [`stack_capacity`][jaxmlp.cli.sweep.stack_capacity]."""
     groups: dict[str, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(stack_signature(config), []).append(i)
@@ -373,7 +374,8 @@ def memory_budget() -> int:
 
 
 def stack_capacity(config: RunConfig) -> int:
-    """How many models of ``config``'s shape fit in :func:`memory_budget` (at least one)."""
+    """How many models of ``config``'s shape fit in
+    [`memory_budget`][jaxmlp.cli.sweep.memory_budget] (at least one)."""
     return max(1, memory_budget() // model_bytes(config))
 
 

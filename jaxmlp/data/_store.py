@@ -1,5 +1,5 @@
 """Where the official files are kept and how they are checked: data roots, the user cache,
-verification, :func:`status`, the decoded ``.npy`` cache and writing a file.
+verification, [`status`][jaxmlp.data.status], the decoded ``.npy`` cache and writing a file.
 
 A *data root* holds one folder per dataset with the official file names, e.g.
 ``<root>/mnist/train-images-idx3-ubyte.gz``. A file counts only after its sha256 matched.
@@ -110,7 +110,7 @@ def verify_bytes(raw: bytes, path: Path, spec: FileSpec, *, want_content: bool) 
 
 
 def verify_file(path: Path, spec: FileSpec, *, want_content: bool) -> bytes | None:
-    """:func:`verify_bytes` of a file; an unreadable file is a :class:`DataError`."""
+    """`verify_bytes` of a file; an unreadable file is a [`DataError`][jaxmlp.data.DataError]."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -170,7 +170,7 @@ def status(
 
 def write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Creates or replaces one file of a data root or the cache through
-    :func:`jaxmlp._files.atomic_write` (``write`` is called with the open binary file).
+    `jaxmlp._files.atomic_write` (``write`` is called with the open binary file).
 
     Raises:
         CacheError: the folder cannot be created or written (no partial file is left, an older

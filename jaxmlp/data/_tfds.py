@@ -1,5 +1,6 @@
 """tensorflow-datasets as a source: reading a prepared build (no TensorFlow needed) and
-preparing one offline from the official files (:func:`prepare_tfds`, needs TensorFlow).
+preparing one offline from the official files ([`prepare_tfds`][jaxmlp.data.prepare_tfds], needs
+TensorFlow).
 
 tensorflow-datasets is imported only when a build is read or prepared.
 """

@@ -6,9 +6,9 @@ The state that travels between steps (parameters, optimizer state, step count, P
 state fully describes what its step computes and ``jax.jit`` compiles once per configuration.
 Nothing here donates or overwrites an array the caller holds.
 
-Modules, one concern each: ``_options`` (:class:`ModelOptions`), ``_regularizers``
+Modules, one concern each: ``_options`` ([`ModelOptions`][jaxmlp.ModelOptions]), ``_regularizers``
 (augmentation, max-norm, fast gradient sign, virtual adversarial), ``_state``
-(:class:`TrainState`), ``_step``, ``_epoch``, ``_evaluate`` and ``_fit``.
+([`TrainState`][jaxmlp.TrainState]), ``_step``, ``_epoch``, ``_evaluate`` and ``_fit``.
 """
 
 from jaxmlp.training._epoch import steps_per_epoch as steps_per_epoch

@@ -23,8 +23,13 @@ def steps_per_epoch(n_examples: int, batch_size: int, batch_sampling: str = "shu
     shuffled batches (the last one padded), or round(n / batch_size) Poisson-sampled ones
     (at least one).
 
-    The one rule for the batch plan: :func:`train_epoch` runs this many steps, and a
+    The one rule for the batch plan: [`train_epoch`][jaxmlp.train_epoch] runs this many steps, and a
     learning-rate schedule over ``epochs * steps_per_epoch(...)`` steps ends on the last one.
+
+    Examples:
+        >>> import jaxmlp
+        >>> jaxmlp.steps_per_epoch(1000, 128)  # the last batch is short, and padded
+        8
     """
     n_examples = _validation.check_positive_int("n_examples", n_examples)
     batch_size = _validation.check_positive_int("batch_size", batch_size)
@@ -59,9 +64,9 @@ class Batches(NamedTuple):
 
 
 def shuffled_batches(key, n_examples: int, batch_size: int, dtype) -> Batches:
-    """A shuffled order of all examples cut into :func:`steps_per_epoch` batches; the last one
-    is filled with copies of example 0 carrying weight 0, so that every example is used exactly
-    once and the shapes stay static."""
+    """A shuffled order of all examples cut into [`steps_per_epoch`][jaxmlp.steps_per_epoch]
+    batches; the last one is filled with copies of example 0 carrying weight 0, so that every
+    example is used exactly once and the shapes stay static."""
     steps = steps_per_epoch(n_examples, batch_size)
     padded = steps * batch_size
     order = jax.random.permutation(key, n_examples)
@@ -88,9 +93,9 @@ def poisson_capacity(n_examples: int, batch_size: int, devices: int = 1) -> int:
 
 
 def poisson_batches(key, n_examples: int, batch_size: int, dtype, devices: int) -> Batches:
-    """:func:`steps_per_epoch` Poisson-sampled batches: each step takes every example
-    independently with probability batch_size / n; the batch is padded to
-    :func:`poisson_capacity` and masked, and its DP gradient is divided by ``batch_size``."""
+    """[`steps_per_epoch`][jaxmlp.steps_per_epoch] Poisson-sampled batches: each step takes every
+    example independently with probability batch_size / n; the batch is padded to
+    `poisson_capacity` and masked, and its DP gradient is divided by ``batch_size``."""
     steps = steps_per_epoch(n_examples, batch_size, "poisson")
     capacity = poisson_capacity(n_examples, batch_size, devices)
     rate = batch_size / n_examples
@@ -116,7 +121,7 @@ def run_epoch(
     log_every_steps: int = 50,
 ):
     """One epoch's ``lax.scan`` over its batches; the body is the same for every way of
-    drawing them (:class:`Batches`). No argument checks (see :func:`train_epoch`).
+    drawing them (`Batches`). No argument checks (see [`train_epoch`][jaxmlp.train_epoch]).
 
     ``on_step(step, loss, accuracy)`` is called from inside the program after every optimizer
     step whose global number (``state.step`` after it, counted over all epochs) is a multiple
@@ -195,8 +200,8 @@ epoch_program = jax.jit(
 )
 """The compiled epoch (``state, images, labels, batch_size, progress, progress_every, mesh,
 on_step, log_every_steps``),
-without the boundary checks of :func:`train_epoch`; :func:`jaxmlp.fit` compiles it ahead of
-time. Its input state is not donated: the caller's state stays valid."""
+without the boundary checks of [`train_epoch`][jaxmlp.train_epoch]; [`jaxmlp.fit`][] compiles it
+ahead of time. Its input state is not donated: the caller's state stays valid."""
 
 
 def check_batch_size(batch_size, n_examples: int) -> int:
@@ -267,9 +272,9 @@ def train_epoch(
 
     ``progress(done_steps, total_steps)`` is called from inside the program every
     ``progress_every`` steps (for progress bars). With a ``mesh`` (see
-    :func:`jaxmlp.sharding.data_parallel_mesh`), each batch is split along the mesh's ``data``
+    [`jaxmlp.sharding.data_parallel_mesh`][]), each batch is split along the mesh's ``data``
     axis across its devices (data parallelism); place the state and the data on the mesh first
-    with :func:`jaxmlp.sharding.replicate`.
+    with [`jaxmlp.sharding.replicate`][].
     """
     images, labels, batch_size = check_epoch_arguments(state, images, labels, batch_size, mesh)
     progress_every = _validation.check_positive_int("progress_every", progress_every)

@@ -21,9 +21,10 @@ from jaxmlp.training._step import class_ids
 def model_and_options(
     model: TrainState | Params, options: ModelOptions | None, **model_options: Any
 ) -> tuple[Params, ModelOptions]:
-    """``(params, options)`` of a :class:`TrainState` (its own options) or of bare parameters
-    (``options``, else :class:`ModelOptions` built from ``model_options``, else the defaults).
-    Options that contradict a state's own are refused, naming both."""
+    """``(params, options)`` of a [`TrainState`][jaxmlp.TrainState] (its own options) or of bare
+    parameters (``options``, else [`ModelOptions`][jaxmlp.ModelOptions] built from
+    ``model_options``, else the defaults). Options that contradict a state's own are refused, naming
+    both."""
     given = {k: v for k, v in model_options.items() if v is not None}
     if options is not None and not isinstance(options, ModelOptions):
         raise TypeError(f"options must be a jaxmlp.ModelOptions, got {type(options).__name__}")
@@ -51,7 +52,7 @@ def model_and_options(
 
 
 def evaluation(params, images, labels, options: ModelOptions, batch_size: int):
-    """``{"loss", "correct"}`` of :func:`evaluate` as arrays, without its checks."""
+    """``{"loss", "correct"}`` of [`evaluate`][jaxmlp.evaluate] as arrays, without its checks."""
     n_examples = images.shape[0]
     steps = steps_per_epoch(n_examples, batch_size)
     padded = steps * batch_size
@@ -78,8 +79,8 @@ def evaluation(params, images, labels, options: ModelOptions, batch_size: int):
 
 
 evaluation_program = jax.jit(evaluation, static_argnames=("options", "batch_size"))
-"""The compiled scoring of :func:`evaluate` (``params, images, labels, options, batch_size``)
-without its checks: ``{"loss", "correct"}`` as arrays."""
+"""The compiled scoring of [`evaluate`][jaxmlp.evaluate] (``params, images, labels, options,
+batch_size``) without its checks: ``{"loss", "correct"}`` as arrays."""
 
 
 def evaluate(
@@ -92,8 +93,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Exact loss and accuracy over all examples, in evaluation mode (no dropout).
 
-    ``model`` is a :class:`TrainState` (scored with its own options: activation, output) or a
-    parameter list (scored with ``options``, default :class:`ModelOptions()`: ReLU, softmax).
+    ``model`` is a [`TrainState`][jaxmlp.TrainState] (scored with its own options: activation,
+    output) or a parameter list (scored with ``options``, default `ModelOptions()`: ReLU, softmax).
     Examples are scored in chunks of ``batch_size``; the last chunk is padded and masked, so
     every example counts once: ``accuracy = correct / count`` and ``loss`` is the mean data loss
     (without the L2 term) over all examples.
@@ -101,6 +102,13 @@ def evaluate(
     Returns plain Python numbers ``{"loss", "accuracy", "correct", "count"}``, the accuracy from
     the exact integer counts. Inside the caller's ``jit`` / ``vmap`` the same keys hold arrays
     (``count`` stays an int), with ``accuracy = correct / count`` in floating point.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> scores = jaxmlp.evaluate(params, jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1]))
+        >>> sorted(scores), int(scores["count"])
+        (['accuracy', 'correct', 'count', 'loss'], 5)
     """
     params, options = model_and_options(model, options)
     images, labels = _validation.check_dataset(params, images, labels, "images", "labels")
@@ -149,9 +157,15 @@ def predict(
 ) -> np.ndarray | Array:
     """Predicted class ids, shape (n,), in evaluation mode.
 
-    ``model`` is a :class:`TrainState` (its own activation is used) or a parameter list, whose
-    activation comes from ``options`` or ``activation`` (default ReLU). Returns a NumPy array;
-    inside the caller's ``jit`` / ``vmap``, a JAX array.
+    ``model`` is a [`TrainState`][jaxmlp.TrainState] (its own activation is used) or a parameter
+    list, whose activation comes from ``options`` or ``activation`` (default ReLU). Returns a NumPy
+    array; inside the caller's ``jit`` / ``vmap``, a JAX array.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> params = jaxmlp.init_mlp(jax.random.key(0), (4, 3, 2))
+        >>> jaxmlp.predict(params, jnp.ones((5, 4))).shape
+        (5,)
     """
     params, options = model_and_options(model, options, activation=activation)
     _validation.check_inputs(params, images, "images")
@@ -176,8 +190,8 @@ def probabilities(
     """Class probabilities, shape (n, classes), in evaluation mode: the softmax of the logits,
     or for ``output="sigmoid"`` each output unit's own sigmoid (scores that need not sum to 1).
 
-    ``model`` is a :class:`TrainState` (its own options) or a parameter list with ``options``.
-    Returns a NumPy array; inside the caller's ``jit`` / ``vmap``, a JAX array.
+    ``model`` is a [`TrainState`][jaxmlp.TrainState] (its own options) or a parameter list with
+    ``options``. Returns a NumPy array; inside the caller's ``jit`` / ``vmap``, a JAX array.
     """
     params, options = model_and_options(model, options)
     _validation.check_inputs(params, images, "images")

@@ -122,7 +122,8 @@ loss."""
 
 
 def check_monitor(monitor, min_delta) -> tuple[str, float]:
-    """``(monitor, min_delta)``, checked: a name of :data:`MONITORS` and a finite number >= 0."""
+    """``(monitor, min_delta)``, checked: a name of [`MONITORS`][jaxmlp.MONITORS] and a finite
+    number >= 0."""
     _validation.check_choice("monitor", monitor, MONITORS)
     _validation.check_non_negative("min_delta", min_delta)
     return monitor, float(min_delta)
@@ -131,8 +132,8 @@ def check_monitor(monitor, min_delta) -> tuple[str, float]:
 def best_epoch(
     history: Sequence[Record], *, monitor: str = "validation_accuracy", min_delta: float = 0.0
 ) -> int | None:
-    """The epoch of ``history`` (records as :func:`fit` returns them) whose ``monitor`` value is
-    the best, or None when no record has that value (no validation data).
+    """The epoch of ``history`` (records as [`fit`][jaxmlp.fit] returns them) whose ``monitor``
+    value is the best, or None when no record has that value (no validation data).
 
     The first record with a value is the best to start with; a later epoch replaces it when it
     improves on it by more than ``min_delta``: accuracy ``a > best + min_delta``, loss
@@ -147,6 +148,14 @@ def best_epoch(
 
     Returns:
         The best epoch's number, or None.
+
+    Examples:
+        >>> import jaxmlp
+        >>> history = [{"epoch": 1, "validation_accuracy": 0.90},
+        ...            {"epoch": 2, "validation_accuracy": 0.95},
+        ...            {"epoch": 3, "validation_accuracy": 0.94}]
+        >>> jaxmlp.best_epoch(history)
+        2
     """
     monitor, min_delta = check_monitor(monitor, min_delta)
     sign = 1.0 if monitor == "validation_accuracy" else -1.0
@@ -168,20 +177,29 @@ def should_stop(
     min_delta: float = 0.0,
 ) -> bool:
     """Whether early stopping stops after the last record of ``history``: the epochs after
-    its :func:`best_epoch` (all of them when there is none) number at least ``patience``.
+    its [`best_epoch`][jaxmlp.best_epoch] (all of them when there is none) number at least
+    ``patience``.
 
-    The rule of :func:`fit`'s ``early_stopping_patience``, of Keras' ``EarlyStopping`` and of
-    Lightning's: with patience 3 and the best epoch 12, training stops after epoch 15 unless
+    The rule of [`fit`][jaxmlp.fit]'s ``early_stopping_patience``, of Keras' ``EarlyStopping`` and
+    of Lightning's: with patience 3 and the best epoch 12, training stops after epoch 15 unless
     epoch 13, 14 or 15 improves on it.
 
     Args:
-        history: per-epoch records, as :func:`fit` returns them.
+        history: per-epoch records, as [`fit`][jaxmlp.fit] returns them.
         patience: epochs in a row without an improvement that stop training, >= 1.
-        monitor: as for :func:`best_epoch`.
-        min_delta: as for :func:`best_epoch`.
+        monitor: as for [`best_epoch`][jaxmlp.best_epoch].
+        min_delta: as for [`best_epoch`][jaxmlp.best_epoch].
 
     Returns:
         True when training should stop (never for an empty history).
+
+    Examples:
+        >>> import jaxmlp
+        >>> history = [{"epoch": 1, "validation_accuracy": 0.90},
+        ...            {"epoch": 2, "validation_accuracy": 0.95},
+        ...            {"epoch": 3, "validation_accuracy": 0.94}]
+        >>> jaxmlp.should_stop(history, patience=1), jaxmlp.should_stop(history, patience=2)
+        (True, False)
     """
     patience = _validation.check_positive_int("patience", patience)
     best = best_epoch(history, monitor=monitor, min_delta=min_delta)
@@ -192,7 +210,7 @@ def should_stop(
 def _check_stopping(
     monitor, early_stopping_patience, min_delta, restore_best, validation_data
 ) -> tuple[str, float]:
-    """The early-stopping arguments of :func:`fit`, checked before anything compiles."""
+    """The early-stopping arguments of [`fit`][jaxmlp.fit], checked before anything compiles."""
     monitor, min_delta = check_monitor(monitor, min_delta)
     if early_stopping_patience is not None:
         _validation.check_positive_int("early_stopping_patience", early_stopping_patience)
@@ -258,12 +276,12 @@ def fit(
         epochs: passes over the data in this call.
         batch_size: examples per step.
         validation_data: optional ``(x, y)`` scored after every epoch.
-        init: passed to :func:`jaxmlp.init_mlp` for a new state.
-        init_scale: passed to :func:`jaxmlp.init_mlp` for a new state.
-        dtype: passed to :func:`jaxmlp.init_mlp` for a new state.
+        init: passed to [`jaxmlp.init_mlp`][] for a new state.
+        init_scale: passed to [`jaxmlp.init_mlp`][] for a new state.
+        dtype: passed to [`jaxmlp.init_mlp`][] for a new state.
         evaluate_train: also score the whole training set in evaluation mode after each epoch
             (``train_accuracy`` then is that exact figure instead of the running one).
-        state: continue from this state (from :func:`jaxmlp.create_train_state`, an earlier fit,
+        state: continue from this state (from [`jaxmlp.create_train_state`][], an earlier fit,
             or a checkpoint). It is not donated or modified: the caller's arrays stay valid.
         history: the records of the epochs already trained (as an earlier fit returned them);
             the new epochs are numbered after its last one, and the returned history includes it.
@@ -276,33 +294,34 @@ def fit(
             and calls, as ``state.step``) is a multiple of ``log_every_steps``, with
             ``record = {"epoch", "step_loss", "step_accuracy"}``: that batch's mean training loss
             and its accuracy (with dropout, before the update), e.g.
-            ``on_step=logger.on_step`` of a :class:`jaxmlp.loggers.TensorBoardLogger`. It reads
+            ``on_step=logger.on_step`` of a [`jaxmlp.loggers.TensorBoardLogger`][]. It reads
             values the step computes anyway: no number changes, and the epoch compiles once.
         log_every_steps: how often ``on_step`` is called, in optimizer steps.
         early_stopping_patience: stop after this many epochs in a row without an improvement of
-            ``monitor`` on the best epoch so far (see :func:`best_epoch`); None trains all
-            ``epochs``. The count continues from ``history``: a history that already ends
+            ``monitor`` on the best epoch so far (see [`best_epoch`][jaxmlp.best_epoch]); None
+            trains all ``epochs``. The count continues from ``history``: a history that already ends
             ``early_stopping_patience`` epochs after its best trains nothing more. Needs
             ``validation_data``.
         monitor: what the best epoch is chosen by, ``"validation_accuracy"`` (highest) or
-            ``"validation_loss"`` (lowest) (see :func:`best_epoch`).
+            ``"validation_loss"`` (lowest) (see [`best_epoch`][jaxmlp.best_epoch]).
         min_delta: the smallest change of ``monitor`` that counts as an improvement.
         restore_best: return the state after this call's best epoch instead of the last one
             (Keras' ``restore_best_weights``); it is kept in memory, one extra copy of the state.
             Only the epochs trained in this call are candidates (the states of ``history``'s epochs
             are not at hand). Needs ``validation_data``.
-        mesh: train data-parallel over this mesh's ``data`` axis (see :mod:`jaxmlp.sharding`):
+        mesh: train data-parallel over this mesh's ``data`` axis (see [`jaxmlp.sharding`][]):
             the state and the data are replicated on its devices and each batch is split across
             them; ``batch_size`` must be a multiple of the device count.
-        options: a :class:`ModelOptions` for a new state; or give its fields as keywords:
-        **model_options: fields of :class:`ModelOptions` (``activation``, ``l2``, ``dropout_rate``,
-            ``output``, ``dp_clip_norm``, ...). With ``state`` they may be given and must match the
-            state's.
+        options: a [`ModelOptions`][jaxmlp.ModelOptions] for a new state; or give its fields as
+            keywords:
+        **model_options: fields of [`ModelOptions`][jaxmlp.ModelOptions] (``activation``, ``l2``,
+            ``dropout_rate``, ``output``, ``dp_clip_norm``, ...). With ``state`` they may be given
+            and must match the state's.
         dp_delta: for DP-SGD with noise (``dp_noise_multiplier > 0``), each record gets
             ``epsilon``: the privacy spent so far at ``dp_delta``, by ``dp_accountant``, counted
             from the state's step, so a continued state keeps counting. The sampling rate is
             batch_size / n.
-        dp_accountant: ``"rdp"`` or ``"pld"`` (see :mod:`jaxmlp.privacy`).
+        dp_accountant: ``"rdp"`` or ``"pld"`` (see [`jaxmlp.privacy`][]).
 
     Returns:
         The final state (with ``restore_best``: the best epoch's) and one record per epoch:
@@ -317,6 +336,16 @@ def fit(
     Raises:
         DivergenceError: a loss or gradient became non-finite; its ``state`` is the last good one
             and its ``history`` the records before it.
+
+    Examples:
+        >>> import jax, jaxmlp
+        >>> x = jax.random.normal(jax.random.key(1), (64, 4))
+        >>> y = (x[:, 0] > 0).astype("int32")
+        >>> state, history = jaxmlp.fit(jax.random.key(0), (4, 8, 2), x, y,
+        ...                             optimizer=jaxmlp.optimizer("adam", 1e-2),
+        ...                             epochs=2, batch_size=16)
+        >>> len(history), int(state.step), sorted(history[-1])
+        (2, 8, ['epoch', 'loss', 'seconds', 'train_accuracy'])
     """
     epochs = _validation.check_positive_int("epochs", epochs)
     state = _state_for(
@@ -436,8 +465,8 @@ def fit(
 
 
 def _raise_if_diverged(metrics, epoch: int, before: TrainState, history: list[Record]) -> None:
-    """A :class:`DivergenceError` for an epoch whose metrics name a non-finite step; ``before``
-    is the state from the start of that epoch."""
+    """A [`DivergenceError`][jaxmlp.DivergenceError] for an epoch whose metrics name a non-finite
+    step; ``before`` is the state from the start of that epoch."""
     if metrics["diverged_at_step"] < 0:
         return
     step = int(metrics["diverged_at_step"]) + 1

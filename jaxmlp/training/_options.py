@@ -12,7 +12,7 @@ from jaxmlp.model import ACTIVATIONS
 
 GRADIENTS = ("autodiff", "backprop")
 """How a step differentiates the loss: ``jax.value_and_grad``, or the hand-derived backward
-pass of :func:`jaxmlp.backprop`."""
+pass of [`jaxmlp.backprop`][jaxmlp.backprop.backprop]."""
 
 BATCH_SAMPLINGS = ("shuffle", "poisson")
 """How an epoch draws its batches: a shuffled order, or Poisson sampling (DP-SGD's)."""
@@ -23,7 +23,7 @@ class ModelOptions:
     """Everything besides the parameters that decides what a training step computes.
 
     A train state carries its options (a static field), so the compiled step and
-    :func:`jaxmlp.evaluate` of a state always agree with how it was trained. The same fields are
+    [`jaxmlp.evaluate`][] of a state always agree with how it was trained. The same fields are
     the options of ``jaxmlp train`` (``dropout_rate`` is ``--dropout-rate``) and the keys of its
     config files.
 
@@ -69,14 +69,14 @@ class ModelOptions:
             is added to every entry, and the sum is divided by the batch size; the L2 term is added
             after, unclipped. With ``gradient="backprop"`` the clipped sum comes from the
             hand-derived norms and one reweighted product per layer (no per-example gradient is
-            materialised, see :mod:`jaxmlp.per_example`); with ``"autodiff"`` from
+            materialised, see [`jaxmlp.per_example`][]); with ``"autodiff"`` from
             ``jax.vmap(jax.grad)``.
         dp_noise_multiplier: sigma, the noise's standard deviation in units of C (needs
             ``dp_clip_norm``). 0 clips without noise (no privacy guarantee).
         batch_sampling: ``shuffle``: each epoch a shuffled order cut into batches of
             ``batch_size`` (every example once); ``poisson``: each step takes every example
             independently with probability batch_size / n (the sampling the privacy accounting of
-            :mod:`jaxmlp.privacy` assumes), padded to a fixed maximum size and masked so that the
+            [`jaxmlp.privacy`][] assumes), padded to a fixed maximum size and masked so that the
             shapes stay static, for round(n / batch_size) steps an epoch. The DP gradient is divided
             by the batch's size in ``shuffle`` mode and by ``batch_size`` (the expected size) in
             ``poisson`` mode.

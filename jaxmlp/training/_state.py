@@ -23,11 +23,11 @@ class TrainState(flax.struct.PyTreeNode):
     ``key`` holds raw ``uint32`` key data (``jax.random.key_data``) so that a checkpoint is a
     tree of plain arrays. ``optimizer`` and ``options`` are static: they are part of the
     tree's structure, not its leaves, so ``jax.jit`` compiles once per configuration and
-    :func:`jaxmlp.evaluate` of a state scores it the way it was trained.
+    [`jaxmlp.evaluate`][] of a state scores it the way it was trained.
 
     ``hyperparams`` (empty by default) holds options as scalar arrays, leaves of the tree, that
-    the training step uses instead of the static ones (see :func:`step_options` and
-    :data:`TRACED_OPTIONS`): stacked models (:mod:`jaxmlp.multi`) can then each have their own
+    the training step uses instead of the static ones (see `step_options` and
+    `TRACED_OPTIONS`): stacked models ([`jaxmlp.multi`][]) can then each have their own
     L2 coefficient or dropout rate in one compiled program.
     """
 
@@ -46,7 +46,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 TRACED_OPTIONS = ("l2", "dropout_rate", "input_dropout_rate")
-"""The :class:`ModelOptions` a train state may hold as arrays in ``hyperparams``."""
+"""The [`ModelOptions`][jaxmlp.ModelOptions] a train state may hold as arrays in ``hyperparams``."""
 
 
 def step_options(state: TrainState) -> ModelOptions:
@@ -55,7 +55,7 @@ def step_options(state: TrainState) -> ModelOptions:
 
     The static options decide which terms the step computes: a dropout mask is drawn only where
     the static rate is nonzero, so a state whose traced ``dropout_rate`` may be nonzero carries a
-    nonzero static one (:func:`with_hyperparams` arranges it).
+    nonzero static one (`with_hyperparams` arranges it).
     """
     if not state.hyperparams:
         return state.options
@@ -63,7 +63,7 @@ def step_options(state: TrainState) -> ModelOptions:
 
 
 def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
-    """``state`` with the options ``values`` (names from :data:`TRACED_OPTIONS`) held as traced
+    """``state`` with the options ``values`` (names from `TRACED_OPTIONS`) held as traced
     arrays in ``state.hyperparams``, so that stacked states may differ in them.
 
     The step computes exactly what it would with the same values as static options (a rate of
@@ -73,7 +73,7 @@ def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
     in ``hyperparams`` means nothing else.
 
     Raises:
-        ValueError: a name that is not in :data:`TRACED_OPTIONS`, or a value outside the option's
+        ValueError: a name that is not in `TRACED_OPTIONS`, or a value outside the option's
             range.
     """
     check_state(state)
@@ -117,8 +117,8 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def check_state(state: Any, argument: str = "state", *, params_hint: str = "") -> None:
-    """``state`` must be a :class:`TrainState` whose arrays are alive. ``params_hint`` says what
-    to do instead when a parameter list was passed."""
+    """``state`` must be a [`TrainState`][jaxmlp.TrainState] whose arrays are alive. ``params_hint``
+    says what to do instead when a parameter list was passed."""
     if not isinstance(state, TrainState):
         hint = (
             f"; for parameters alone {params_hint}"
@@ -145,7 +145,7 @@ def create_train_state(
     options: ModelOptions | None = None,
     params: Params | None = None,
 ) -> TrainState:
-    """A fresh train state: parameters from :func:`jaxmlp.init_mlp` (or the given ``params``),
+    """A fresh train state: parameters from [`jaxmlp.init_mlp`][] (or the given ``params``),
     the optimizer's initial state, step 0 and a key for shuffling and dropout split from
     ``key``.
 

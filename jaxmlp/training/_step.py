@@ -74,7 +74,7 @@ def private_loss_and_grads(
 ) -> tuple[Array, Params, Array]:
     """``(loss, grads, logits)`` of a DP-SGD step: ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2 I))
     / B + l2 W``, with the clipped sum by the options' gradient method (see
-    :func:`jaxmlp.per_example.clipped_grad_sum`). ``B`` is ``lot_size`` (Poisson sampling: the
+    `jaxmlp.per_example.clipped_grad_sum`). ``B`` is ``lot_size`` (Poisson sampling: the
     expected batch size), else the number of (unmasked) examples."""
     # A DP-SGD step's options have a clip norm (that is what clips_gradients means).
     clip_norm = cast(float, options.dp_clip_norm)
@@ -202,6 +202,14 @@ def train_step(
     or the gradients are not finite the returned state is the input state unchanged. The input
     state is not donated (it stays valid). Works inside the caller's ``jit``, ``vmap`` and
     ``lax.scan`` (the argument checks run at trace time).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxmlp
+        >>> sgd = jaxmlp.optimizer("sgd", 0.1)
+        >>> state = jaxmlp.create_train_state(jax.random.key(0), (4, 3, 2), sgd)
+        >>> state, metrics = jaxmlp.train_step(state, jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1]))
+        >>> int(state.step), sorted(metrics)
+        (1, ['correct', 'finite', 'loss'])
     """
     check_state(state)
     if not _validation.check_inputs(state.params, x):
