@@ -376,20 +376,21 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(needs_data, tmp_path, c
     assert code == 0, err
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
+    checkpoints_dir = tmp_path / "killed" / "checkpoints"
+    # As a context manager, Popen closes the pipe it opened (else a ResourceWarning).
+    with subprocess.Popen(
         [sys.executable, "-m", "jaxmlp", "train", *map(str, common), "--name", "killed"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
-    )
-    checkpoints_dir = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not checkpoints.list_steps(checkpoints_dir) and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
-    time.sleep(float(np.random.default_rng().uniform(0.0, 0.5)))
-    process.kill()
-    process.wait()
+    ) as process:
+        deadline = time.monotonic() + 120
+        while not checkpoints.list_steps(checkpoints_dir) and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(float(np.random.default_rng().uniform(0.0, 0.5)))
+        process.kill()
+        process.wait()
 
     code, out, err = run(
         capsys, "train", "--runs-dir", tmp_path, "--name", "killed", "--resume", "--no-plots"

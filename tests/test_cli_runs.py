@@ -43,27 +43,30 @@ def test_a_second_process_on_a_training_run_fails_at_once_and_a_killed_one_never
     needs_data, tmp_path
 ):
     common = ["train", "--runs-dir", tmp_path, "--name", "shared", *TINY, "--quiet"]
-    first = subprocess.Popen(_jaxmlp(*common, "--epochs", "500"), stderr=subprocess.PIPE)
-    try:
-        _wait_for(lambda: checkpoints.list_steps(tmp_path / "shared" / "checkpoints"), "epoch 1")
-        started = time.monotonic()
-        second = subprocess.run(
-            _jaxmlp(*common, "--epochs", "500", "--learning-rate", "0.5"),
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-        )
-        seconds = time.monotonic() - started
-        line = assert_one_line_error(second.returncode, second.stderr, str(tmp_path / "shared"))
-        assert "another jaxmlp process" in line
-        assert seconds < 30  # at once: no waiting for the lock, nothing trained
-        # The second process touched nothing: the first still owns the run with its config.
-        assert cfglib.load(tmp_path / "shared" / "config.json").learning_rate == 1e-3
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=CHILD_TIMEOUT)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # As a context manager, Popen closes the pipe it opened (else a ResourceWarning).
+    with subprocess.Popen(_jaxmlp(*common, "--epochs", "500"), stderr=subprocess.PIPE) as first:
+        try:
+            _wait_for(
+                lambda: checkpoints.list_steps(tmp_path / "shared" / "checkpoints"), "epoch 1"
+            )
+            started = time.monotonic()
+            second = subprocess.run(
+                _jaxmlp(*common, "--epochs", "500", "--learning-rate", "0.5"),
+                capture_output=True,
+                text=True,
+                timeout=CHILD_TIMEOUT,
+            )
+            seconds = time.monotonic() - started
+            line = assert_one_line_error(second.returncode, second.stderr, str(tmp_path / "shared"))
+            assert "another jaxmlp process" in line
+            assert seconds < 30  # at once: no waiting for the lock, nothing trained
+            # The second process touched nothing: the first still owns the run with its config.
+            assert cfglib.load(tmp_path / "shared" / "config.json").learning_rate == 1e-3
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=CHILD_TIMEOUT)
+        finally:
+            if first.poll() is None:
+                first.kill()
     # The kernel released the killed process's lock: the run resumes at once.
     resumed = subprocess.run(
         _jaxmlp(*common, "--epochs", "500", "--resume", "--epochs", "2"),
