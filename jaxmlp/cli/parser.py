@@ -17,7 +17,6 @@ from typing import Any
 from jaxmlp.cli import config as cfglib
 from jaxmlp.cli import data as data_command
 from jaxmlp.cli import export as export_command
-from jaxmlp.cli import sweep as sweep_command
 from jaxmlp.cli.output import EXIT_USAGE, PROG
 
 DESCRIPTION = "The jaxmlp command: train, evaluate, predict and inspect MLPs from the shell."
@@ -41,6 +40,8 @@ SUMMARY_FIELDS = (
     "dtype",
 )
 DEFAULT_RUNS_DIR = "runs"
+DEFAULT_MAX_STACK = 64
+"""``jaxmlp sweep --max-stack``: the most models trained in one stack."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -234,6 +235,66 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
         add_config_option(groups[field.metadata["group"]], name)
 
 
+def _sweep_arguments(sweep: argparse.ArgumentParser) -> None:
+    run = sweep.add_argument_group("sweep")
+    run.add_argument("--name", required=True, help="sweep name; it writes into RUNS_DIR/NAME")
+    run.add_argument(
+        "--runs-dir",
+        default=DEFAULT_RUNS_DIR,
+        metavar="DIR",
+        help="parent of the sweep's directory",
+    )
+    run.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a key and its values (repeat for more keys: every combination is trained); a "
+        "list value such as hidden is written 512-256",
+    )
+    run.add_argument(
+        "--random",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N random configurations (for each grid point) drawn from the --range keys",
+    )
+    run.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="KEY=LOW:HIGH[:log]",
+        help="a numeric key drawn uniformly from [LOW, HIGH] (log-uniformly with :log; "
+        "integers for integer keys)",
+    )
+    run.add_argument(
+        "--sweep-seed", type=int, default=0, metavar="SEED", help="seed of the random draws"
+    )
+    run.add_argument(
+        "--max-stack",
+        type=int,
+        default=DEFAULT_MAX_STACK,
+        metavar="N",
+        help="most models trained in one stack (fewer when they would not fit in memory)",
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON file with option values (as for train)",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete an existing sweep directory first"
+    )
+    run.add_argument("--no-download", action="store_true", help="never fetch a missing dataset")
+    run.add_argument("--no-plots", action="store_true", help="do not draw results.png")
+    _add_compilation_cache_option(run)
+    _add_output_options(run)
+    groups = {key: sweep.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
+    for name, field in cfglib.FIELDS.items():
+        add_config_option(groups[field.metadata["group"]], name)
+
+
 def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
     _add_run_argument(evaluate)
     evaluate.add_argument(
@@ -355,7 +416,21 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
         "version are in the model's metadata (ONNX metadata_props; FILE.json for jax).",
         _export_arguments,
     ),
-    "sweep": (sweep_command.SUMMARY, sweep_command.DESCRIPTION, sweep_command.add_arguments),
+    "sweep": (
+        "train many configurations at once: a grid or a random search",
+        (
+            "Train every configuration of a grid (--grid KEY=V1,V2,...) and/or of random draws "
+            "(--random N with --range KEY=LOW:HIGH[:log]) on top of the train options given. "
+            "Configurations that differ only in seed, init, init_scale, l2, dropout rates, the "
+            "learning rate or the optimizer's momentum, b1, b2, eps, decay or weight_decay train "
+            "together as stacked models in one vmapped program; each result equals the same "
+            "configuration trained alone by `jaxmlp train` (to float rounding). Every "
+            "configuration trains for --epochs and keeps its best epoch by --monitor. Writes "
+            "RUNS_DIR/NAME/results.json, results.csv, results.png and best/, the best "
+            "configuration as an ordinary run directory."
+        ),
+        _sweep_arguments,
+    ),
     "summary": (
         "layers, output shapes and parameter counts",
         "A table of the model's layers with output shapes and parameter counts, for a "

@@ -181,11 +181,20 @@ def steps_per_epoch(config: RunConfig, n_train: int | None = None) -> int:
     return jaxmlp.steps_per_epoch(n_train, config.batch_size, config.batch_sampling)
 
 
-def build_state(config: RunConfig, n_train: int):
+def build_optimizer(config: RunConfig, n_train: int):
+    """The run's optimizer: ``config.optimization.build`` with the learning-rate schedule over
+    the whole run, ``epochs * steps_per_epoch`` steps (the number [`jaxmlp.fit`][] trains for the
+    config's batch sampling), so that it ends on the last."""
+    steps = steps_per_epoch(config, n_train)
+    return config.optimization.build(config.epochs * steps, steps_per_epoch=steps)
+
+
+def build_state(config: RunConfig, n_train: int, *, optimizer=None, options=None):
     """A fresh TrainState for ``config``; it fixes the shapes a checkpoint must have.
 
-    The learning-rate schedule spans the whole run, ``epochs * steps_per_epoch`` steps (the
-    number [`jaxmlp.fit`][] trains for the config's batch sampling), so it ends on the last.
+    ``optimizer`` and ``options`` replace the config's own
+    ([`build_optimizer`][jaxmlp.cli.runs.build_optimizer] and ``config.model``): the stacked
+    models of a sweep share one optimizer object and one set of static options.
     """
     import jax
 
@@ -194,14 +203,11 @@ def build_state(config: RunConfig, n_train: int):
     return jaxmlp.create_train_state(
         jax.random.key(config.seed),
         config.layer_sizes,
-        config.optimization.build(
-            config.epochs * steps_per_epoch(config, n_train),
-            steps_per_epoch=steps_per_epoch(config, n_train),
-        ),
+        build_optimizer(config, n_train) if optimizer is None else optimizer,
         init=config.init,
         init_scale=config.init_scale,
         dtype=_dtype(config),
-        options=config.model,
+        options=config.model if options is None else options,
     )
 
 

@@ -39,18 +39,6 @@ from jaxmlp.cli import runs
 from jaxmlp.cli.config import RunConfig
 from jaxmlp.cli.output import EXIT_FAILED, EXIT_OK, PROG, CliError, Output
 
-SUMMARY = "train many configurations at once: a grid or a random search"
-DESCRIPTION = (
-    "Train every configuration of a grid (--grid KEY=V1,V2,...) and/or of random draws "
-    "(--random N with --range KEY=LOW:HIGH[:log]) on top of the train options given. "
-    "Configurations that differ only in seed, init, init_scale, l2, dropout rates, the learning "
-    "rate or the optimizer's momentum, b1, b2, eps, decay or weight_decay train together as "
-    "stacked models in one vmapped program; each result equals the same configuration trained "
-    "alone by `jaxmlp train` (to float rounding). Every configuration trains for --epochs and "
-    "keeps its best epoch by --monitor. Writes RUNS_DIR/NAME/results.json, results.csv, "
-    "results.png and best/, the best configuration as an ordinary run directory."
-)
-
 INITIAL_KEYS = ("seed", "init", "init_scale")
 """Keys that decide only the initial parameters: any values stack."""
 NOT_SWEPT = frozenset(
@@ -63,73 +51,6 @@ RESULTS_FILE, CSV_FILE, PLOT_FILE, SPEC_FILE, BEST_DIR = (
     "sweep.json",
     "best",
 )
-DEFAULT_MAX_STACK = 64
-
-
-# --------------------------------------------------------------------------------------------
-# The command line
-
-
-def add_arguments(sweep: argparse.ArgumentParser) -> None:
-    from jaxmlp.cli import parser as p
-
-    run = sweep.add_argument_group("sweep")
-    run.add_argument("--name", required=True, help="sweep name; it writes into RUNS_DIR/NAME")
-    run.add_argument(
-        "--runs-dir",
-        default=p.DEFAULT_RUNS_DIR,
-        metavar="DIR",
-        help="parent of the sweep's directory",
-    )
-    run.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="a key and its values (repeat for more keys: every combination is trained); a "
-        "list value such as hidden is written 512-256",
-    )
-    run.add_argument(
-        "--random",
-        type=int,
-        default=None,
-        metavar="N",
-        help="N random configurations (for each grid point) drawn from the --range keys",
-    )
-    run.add_argument(
-        "--range",
-        action="append",
-        default=[],
-        metavar="KEY=LOW:HIGH[:log]",
-        help="a numeric key drawn uniformly from [LOW, HIGH] (log-uniformly with :log; "
-        "integers for integer keys)",
-    )
-    run.add_argument(
-        "--sweep-seed", type=int, default=0, metavar="SEED", help="seed of the random draws"
-    )
-    run.add_argument(
-        "--max-stack",
-        type=int,
-        default=DEFAULT_MAX_STACK,
-        metavar="N",
-        help="most models trained in one stack (fewer when they would not fit in memory)",
-    )
-    run.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="TOML or JSON file with option values (as for train)",
-    )
-    run.add_argument(
-        "--overwrite", action="store_true", help="delete an existing sweep directory first"
-    )
-    run.add_argument("--no-download", action="store_true", help="never fetch a missing dataset")
-    run.add_argument("--no-plots", action="store_true", help="do not draw results.png")
-    p._add_compilation_cache_option(run)
-    p._add_output_options(run)
-    groups = {key: sweep.add_argument_group(title) for key, title in p._GROUP_TITLES.items()}
-    for name, field in cfglib.FIELDS.items():
-        p.add_config_option(groups[field.metadata["group"]], name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,9 +307,6 @@ def stack_capacity(config: RunConfig) -> int:
 def build_stack(configs: Sequence[RunConfig], n_train: int):
     """The stacked train states of ``configs`` (one stack signature): one optimizer object for
     all, the numbers that differ held as arrays. Returns ``(states, traced keys)``."""
-    import jax
-
-    import jaxmlp
     from jaxmlp import multi
     from jaxmlp.training import TRACED_OPTIONS, with_hyperparams
 
@@ -405,15 +323,7 @@ def build_stack(configs: Sequence[RunConfig], n_train: int):
     )
     states = []
     for config in configs:
-        state = jaxmlp.create_train_state(
-            jax.random.key(config.seed),
-            config.layer_sizes,
-            optimizer,
-            init=config.init,
-            init_scale=config.init_scale,
-            dtype=runs._dtype(config),
-            options=first.model,
-        )
+        state = runs.build_state(config, n_train, optimizer=optimizer, options=first.model)
         if traced_model:
             state = with_hyperparams(state, **{k: getattr(config, k) for k in traced_model})
         if traced_optimizer:
@@ -426,12 +336,11 @@ def build_stack(configs: Sequence[RunConfig], n_train: int):
 
 def alone_state(state, config: RunConfig, n_train: int):
     """One model of a stack as ``jaxmlp train`` would hold it: the config's own options and
-    optimizer (``config.optimization.build``), no traced hyperparameters."""
+    optimizer ([`build_optimizer`][jaxmlp.cli.runs.build_optimizer]), no traced
+    hyperparameters."""
     from jaxmlp import multi
 
-    steps = runs.steps_per_epoch(config, n_train)
-    optimizer = config.optimization.build(config.epochs * steps, steps_per_epoch=steps)
-    state = multi.plain_optimizer_state(state, optimizer)
+    state = multi.plain_optimizer_state(state, runs.build_optimizer(config, n_train))
     return state.replace(options=config.model, hyperparams={})
 
 
@@ -440,9 +349,9 @@ def alone_state(state, config: RunConfig, n_train: int):
 
 
 def cmd_sweep(args: argparse.Namespace, given: dict[str, Any], out: Output) -> int:
-    from jaxmlp.cli.train import _NAME
+    from jaxmlp.cli.train import RUN_NAME
 
-    if not _NAME.match(args.name):
+    if not RUN_NAME.match(args.name):
         raise CliError(f"--name {args.name!r} is invalid; use letters, digits, '.', '_' and '-'")
     if args.max_stack < 1:
         raise CliError(f"--max-stack {args.max_stack} is invalid; expected N >= 1")
@@ -607,11 +516,18 @@ def _data_key(config: RunConfig) -> str:
 
 
 def _best_of(records: Sequence[dict[str, Any]], monitor: str) -> int:
-    """The index of the record with the best ``monitor`` value (the first of equals)."""
-    sign = 1.0 if monitor == "validation_accuracy" else -1.0
-    values = [sign * r[monitor] if not r.get("diverged") else -math.inf for r in records]
-    values = [-math.inf if math.isnan(v) else v for v in values]
-    return max(range(len(values)), key=lambda i: (values[i], -i))
+    """The index of the record with the best ``monitor`` value by the rule of
+    [`jaxmlp.best_epoch`][] (the first of equals), leaving out diverged records and those
+    without a finite value; 0 when none is left."""
+    import jaxmlp
+
+    candidates = [
+        {"epoch": i, monitor: r[monitor]}
+        for i, r in enumerate(records)
+        if not r.get("diverged") and r.get(monitor) is not None and not math.isnan(r[monitor])
+    ]
+    best = jaxmlp.best_epoch(candidates, monitor=monitor)
+    return 0 if best is None else best
 
 
 def _row(index, swept, history, config: RunConfig, stack: int, seconds: float) -> dict[str, Any]:

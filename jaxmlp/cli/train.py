@@ -39,7 +39,9 @@ from jaxmlp.cli.output import (
 )
 from jaxmlp.cli.parser import DEFAULT_RUNS_DIR
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""What a run (or sweep) name may be: letters, digits, '.', '_' and '-', not starting with a
+punctuation mark."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -76,7 +78,7 @@ def train_run(args: argparse.Namespace, given: dict[str, Any]) -> TrainRun:
     config = cfglib.from_mapping(given, base=base, source="")
     requested = {**file_values, **given}
     name = name or config.dataset
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not RUN_NAME.match(name):
         raise CliError(f"--name {name!r} is invalid; use letters, digits, '.', '_' and '-'")
     watching = [k for k in ("monitor", "min_delta") if k in requested]
     if watching and config.validation == 0:
