@@ -25,6 +25,7 @@ epoch: ``jaxmlp sweep`` is built on it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -284,8 +285,6 @@ def stackable_optimizer(
 def _unit_schedule(settings: OptimizerSettings, total_steps: int):
     """The schedule of ``settings`` with a peak learning rate of 1, or an error for a schedule
     that is not a function of the step count alone."""
-    import dataclasses
-
     unit = dataclasses.replace(settings, learning_rate=1.0).learning_rate_schedule(total_steps)
     if not callable(unit):
         raise ValueError(

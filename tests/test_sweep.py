@@ -42,6 +42,12 @@ def max_difference(a, b) -> float:
     )
 
 
+def sweep(capsys, sweep_dir, *argv) -> tuple[int, str, str]:
+    """``jaxmlp sweep`` into ``sweep_dir`` (``--runs-dir`` its parent, ``--name`` its name) with
+    ``argv``: (exit status, stdout, stderr)."""
+    return run(capsys, "sweep", "--name", sweep_dir.name, "--runs-dir", sweep_dir.parent, *argv)
+
+
 # --------------------------------------------------------------------------------------------
 # Options held as arrays
 
@@ -297,7 +303,7 @@ def test_a_stack_is_cut_to_fit_in_memory(monkeypatch):
     ],
 )
 def test_bad_sweeps_are_one_line_errors_and_write_nothing(capsys, tmp_path, argv, fragments):
-    code, _, err = run(capsys, "sweep", "--name", "s", "--runs-dir", tmp_path / "runs", *argv)
+    code, _, err = sweep(capsys, tmp_path / "runs" / "s", *argv)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "runs" / "s").exists()
 
@@ -311,13 +317,9 @@ def test_sweep_equals_train_alone_and_writes_an_ordinary_best_run(capsys, tmp_pa
     require_mnist()
     runs_dir = tmp_path / "runs"
     options = small_run(32, "--epochs", "3", "--no-compilation-cache")
-    code, out, err = run(
+    code, out, err = sweep(
         capsys,
-        "sweep",
-        "--name",
-        "s",
-        "--runs-dir",
-        runs_dir,
+        runs_dir / "s",
         "--grid",
         "learning_rate=1e-3,3e-3",
         "--grid",
@@ -378,13 +380,9 @@ def test_sweep_equals_train_alone_and_writes_an_ordinary_best_run(capsys, tmp_pa
 def test_a_sweep_whose_every_configuration_diverges_says_so_and_keeps_the_results(capsys, tmp_path):
     require_mnist()
     runs_dir = tmp_path / "runs"
-    code, out, err = run(
+    code, out, err = sweep(
         capsys,
-        "sweep",
-        "--name",
-        "s",
-        "--runs-dir",
-        runs_dir,
+        runs_dir / "s",
         "--grid",
         "learning_rate=1e30,1e35",
         "--optimizer",
